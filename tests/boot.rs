@@ -1,0 +1,1 @@
+//! Booting: the test guest, SMP, Linux, and refusals of bad input.

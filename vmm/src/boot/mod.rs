@@ -1,0 +1,178 @@
+//! Boot: load the kernel and initrd, write the boot structures, and say how vCPUs start.
+
+pub mod gdt;
+pub mod image;
+pub mod mptable;
+pub mod paging;
+pub mod params;
+pub mod regs;
+
+use crate::config::VmConfig;
+use crate::memory::{Layout, CMDLINE_ADDR, GDT_ADDR, TSS_ADDR};
+pub use image::Entry;
+use params::InitrdPlace;
+use std::path::{Path, PathBuf};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// Errors preparing the guest to boot.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("cannot open kernel {path}: {source}")]
+    OpenKernel {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("kernel {path}: {source}")]
+    Image {
+        path: PathBuf,
+        source: image::ImageError,
+    },
+    #[error("cannot open initrd {path}: {source}")]
+    OpenInitrd {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("initrd {path} ({size} bytes) does not fit: only {room} bytes are free between the kernel and the end of low memory; give more --memory or a smaller initrd")]
+    InitrdTooBig { path: PathBuf, size: u64, room: u64 },
+    #[error("cannot read initrd {path} into guest memory: {source}")]
+    ReadInitrd {
+        path: PathBuf,
+        source: vm_memory::GuestMemoryError,
+    },
+    #[error("cannot write boot data into guest memory: {0}")]
+    Write(vm_memory::GuestMemoryError),
+    #[error(transparent)]
+    Params(#[from] params::ParamsError),
+    #[error(transparent)]
+    Paging(#[from] paging::PagingError),
+    #[error(transparent)]
+    Mptable(#[from] mptable::MptableError),
+}
+
+/// How the vCPUs start, once memory holds everything.
+#[derive(Clone, Copy, Debug)]
+pub struct BootInfo {
+    pub entry: Entry,
+    /// CR3 for the 64-bit modes.
+    pub cr3: u64,
+    /// Guest RAM below the MMIO gap (the test guest's RDX).
+    pub low_ram: u64,
+    /// Whether a command line was written (the test guest's RCX).
+    pub has_cmdline: bool,
+}
+
+/// The bundled test guest, booted when no kernel is given.
+pub static DEFAULT_GUEST: &[u8] = include_bytes!(env!("PLAINVM_TESTGUEST_ELF"));
+
+/// Load kernel, initrd and command line for `cfg` into `mem` and write the boot structures.
+pub fn prepare(
+    mem: &GuestMemoryMmap,
+    layout: &Layout,
+    cfg: &VmConfig,
+) -> Result<BootInfo, BootError> {
+    let loaded = match &cfg.kernel {
+        Some(path) => {
+            let mut f = std::fs::File::open(path).map_err(|source| BootError::OpenKernel {
+                path: path.clone(),
+                source,
+            })?;
+            image::load(mem, &mut f)
+        }
+        None => image::load(mem, &mut std::io::Cursor::new(DEFAULT_GUEST)),
+    }
+    .map_err(|source| BootError::Image {
+        path: cfg
+            .kernel
+            .clone()
+            .unwrap_or_else(|| "<bundled test guest>".into()),
+        source,
+    })?;
+
+    let is_linux = !matches!(loaded.entry, Entry::Ring3(_));
+    let cmdline = match (&cfg.cmdline, is_linux) {
+        (Some(c), _) => c.as_str(),
+        (None, true) => crate::config::DEFAULT_CMDLINE,
+        (None, false) => "",
+    };
+    let mut bytes = cmdline.as_bytes().to_vec();
+    bytes.push(0);
+    mem.write_slice(&bytes, GuestAddress(CMDLINE_ADDR))
+        .map_err(BootError::Write)?;
+
+    let initrd = match &cfg.initrd {
+        Some(p) => Some(load_initrd(mem, layout, p, loaded.end)?),
+        None => None,
+    };
+
+    let gdt = gdt::table(TSS_ADDR);
+    let gdt_bytes: Vec<u8> = gdt.iter().flat_map(|d| d.to_le_bytes()).collect();
+    mem.write_slice(&gdt_bytes, GuestAddress(GDT_ADDR))
+        .map_err(BootError::Write)?;
+    let mut tss = vec![0u8; gdt::TSS_LIMIT as usize + 1];
+    tss[0x66..0x68].copy_from_slice(&gdt::TSS_IOMAP_BASE.to_le_bytes());
+    tss[gdt::TSS_LIMIT as usize] = 0xff;
+    mem.write_slice(&tss, GuestAddress(TSS_ADDR))
+        .map_err(BootError::Write)?;
+    mptable::write(mem, cfg.cpus)?;
+
+    let e820 = layout.e820();
+    let top = match layout.high_size() {
+        0 => layout.low_end(),
+        high => crate::memory::MMIO_GAP_END + high,
+    };
+    let ram_gib = top.div_ceil(1 << 30);
+    let cr3 = match loaded.entry {
+        Entry::Ring3(_) => paging::identity_map(mem, ram_gib.max(4), true)?,
+        Entry::Linux64(_) => {
+            params::write_zero_page(mem, loaded.setup_header, &e820, cmdline.len(), initrd)?;
+            paging::identity_map(mem, 4, false)?
+        }
+        Entry::Pvh(_) => {
+            params::write_pvh(mem, &e820, initrd)?;
+            0
+        }
+    };
+    Ok(BootInfo {
+        entry: loaded.entry,
+        cr3,
+        low_ram: layout.low_end(),
+        has_cmdline: !cmdline.is_empty(),
+    })
+}
+
+/// Put the initrd at the top of low memory, page-aligned, above the kernel.
+fn load_initrd(
+    mem: &GuestMemoryMmap,
+    layout: &Layout,
+    path: &Path,
+    kernel_end: u64,
+) -> Result<InitrdPlace, BootError> {
+    let mut f = std::fs::File::open(path).map_err(|source| BootError::OpenInitrd {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let size = f
+        .metadata()
+        .map_err(|source| BootError::OpenInitrd {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
+    // Linux's default initrd_addr_max: the initrd must end below 896 MiB.
+    let top = layout.low_end().min(0x3800_0000);
+    let room = top.saturating_sub(kernel_end.next_multiple_of(4096));
+    if size > room {
+        return Err(BootError::InitrdTooBig {
+            path: path.to_path_buf(),
+            size,
+            room,
+        });
+    }
+    let addr = (top - size) & !0xfff;
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut f, size as usize)
+        .map_err(|source| BootError::ReadInitrd {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(InitrdPlace { addr, size })
+}

@@ -1,0 +1,270 @@
+//! The VM configuration: what the JSON file and the command-line flags say, validated once.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Smallest guest memory we accept: enough for boot structures and a small kernel.
+pub const MIN_MEMORY: u64 = 16 << 20;
+/// Largest guest memory we accept, whatever the host has.
+pub const MAX_MEMORY: u64 = 1 << 40;
+/// Most vCPUs a VM may have (the MP table and APIC IDs are sized for this).
+pub const MAX_VCPUS: u8 = 64;
+/// Longest kernel command line, in bytes without the final NUL (Linux x86's COMMAND_LINE_SIZE - 1).
+pub const MAX_CMDLINE: usize = 2047;
+/// The default command line for Linux guests: a console on the serial port.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
+
+/// Errors in the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {source}")]
+    ParseFile {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("invalid memory size '{0}': use a number with an optional unit, e.g. 128M, 2G, 512MiB (a bare number means MiB)")]
+    BadSize(String),
+    #[error("memory size {got} MiB is too small: give at least {} MiB", MIN_MEMORY >> 20)]
+    MemoryTooSmall { got: u64 },
+    #[error("memory size {got} MiB is too large: {why}")]
+    MemoryTooLarge { got: u64, why: String },
+    #[error("--cpus must be between 1 and {MAX_VCPUS}, got {0}")]
+    BadCpus(u64),
+    #[error(
+        "kernel command line is {0} bytes long; the limit is {MAX_CMDLINE}: shorten --cmdline"
+    )]
+    CmdlineTooLong(usize),
+    #[error("kernel command line contains a NUL byte")]
+    CmdlineNul,
+    #[error("invalid --cpu-template '{0}': use auto, host or safe")]
+    BadTemplate(String),
+}
+
+/// Which CPUID template the guest sees.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CpuTemplate {
+    /// `safe` on hosts whose KVM emulates guest ring 0, `host` elsewhere.
+    #[default]
+    Auto,
+    /// Everything KVM supports.
+    Host,
+    /// Hide features KVM's instruction emulator cannot run (CX16, XSAVE, SMAP, ...).
+    Safe,
+}
+
+impl std::str::FromStr for CpuTemplate {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "host" => Ok(Self::Host),
+            "safe" => Ok(Self::Safe),
+            _ => Err(ConfigError::BadTemplate(s.to_string())),
+        }
+    }
+}
+
+/// A VM as the JSON config file describes it; every key is optional and has a default.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: Option<String>,
+    pub cpus: Option<u64>,
+    /// A size such as "128M" or a number of MiB.
+    pub memory: Option<serde_json::Value>,
+    pub cpu_template: Option<CpuTemplate>,
+}
+
+/// A validated VM configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VmConfig {
+    /// None boots the bundled test guest.
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    /// None means the default for the kind of guest (Linux or test guest).
+    pub cmdline: Option<String>,
+    pub cpus: u8,
+    pub memory_bytes: u64,
+    pub cpu_template: CpuTemplate,
+}
+
+impl FileConfig {
+    /// Read a JSON config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|source| ConfigError::ParseFile {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Apply `over` on top of `self`: every key `over` sets wins.
+    pub fn merge(self, over: FileConfig) -> FileConfig {
+        FileConfig {
+            kernel: over.kernel.or(self.kernel),
+            initrd: over.initrd.or(self.initrd),
+            cmdline: over.cmdline.or(self.cmdline),
+            cpus: over.cpus.or(self.cpus),
+            memory: over.memory.or(self.memory),
+            cpu_template: over.cpu_template.or(self.cpu_template),
+        }
+    }
+
+    /// Fill in defaults and check every value.
+    pub fn validate(self) -> Result<VmConfig, ConfigError> {
+        let cpus = self.cpus.unwrap_or(1);
+        if cpus == 0 || cpus > u64::from(MAX_VCPUS) {
+            return Err(ConfigError::BadCpus(cpus));
+        }
+        let memory_bytes = match &self.memory {
+            None => 128 << 20,
+            Some(serde_json::Value::Number(n)) => {
+                n.as_u64()
+                    .and_then(|m| m.checked_mul(1 << 20))
+                    .ok_or_else(|| ConfigError::BadSize(n.to_string()))?
+            }
+            Some(serde_json::Value::String(s)) => parse_size(s)?,
+            Some(other) => return Err(ConfigError::BadSize(other.to_string())),
+        };
+        check_memory(memory_bytes)?;
+        if let Some(c) = &self.cmdline {
+            if c.len() > MAX_CMDLINE {
+                return Err(ConfigError::CmdlineTooLong(c.len()));
+            }
+            if c.contains('\0') {
+                return Err(ConfigError::CmdlineNul);
+            }
+        }
+        Ok(VmConfig {
+            kernel: self.kernel,
+            initrd: self.initrd,
+            cmdline: self.cmdline,
+            cpus: cpus as u8,
+            memory_bytes,
+            cpu_template: self.cpu_template.unwrap_or_default(),
+        })
+    }
+}
+
+/// Parse "128M", "2G", "512MiB", "1048576K", "4096" (MiB) into bytes.
+pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
+    let bad = || ConfigError::BadSize(s.to_string());
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "m" | "mb" | "mib" => 20,
+        "k" | "kb" | "kib" => 10,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        "b" => 0,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1 << shift).ok_or_else(bad)
+}
+
+fn check_memory(bytes: u64) -> Result<(), ConfigError> {
+    let mib = bytes >> 20;
+    if bytes < MIN_MEMORY {
+        return Err(ConfigError::MemoryTooSmall { got: mib });
+    }
+    if bytes > MAX_MEMORY {
+        return Err(ConfigError::MemoryTooLarge {
+            got: mib,
+            why: format!("plainvm supports at most {} MiB", MAX_MEMORY >> 20),
+        });
+    }
+    if !bytes.is_multiple_of(4096) {
+        return Err(ConfigError::BadSize(format!(
+            "{bytes} bytes (not a multiple of 4 KiB)"
+        )));
+    }
+    if let Some(host) = host_memory_bytes() {
+        if bytes > host {
+            return Err(ConfigError::MemoryTooLarge {
+                got: mib,
+                why: format!("this host has only {} MiB of RAM", host >> 20),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The host's total RAM from /proc/meminfo, if readable.
+fn host_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib << 10)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("128").unwrap(), 128 << 20);
+        assert_eq!(parse_size("128M").unwrap(), 128 << 20);
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_size("64k").unwrap(), 64 << 10);
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("-5M").is_err());
+        assert!(parse_size("99999999999999999999T").is_err());
+    }
+
+    #[test]
+    fn flags_override_file_and_defaults_apply() {
+        let file: FileConfig =
+            serde_json::from_str(r#"{"cpus": 4, "memory": "256M", "cmdline": "a"}"#).unwrap();
+        let flags = FileConfig {
+            cpus: Some(2),
+            ..Default::default()
+        };
+        let cfg = file.merge(flags).validate().unwrap();
+        assert_eq!(cfg.cpus, 2);
+        assert_eq!(cfg.memory_bytes, 256 << 20);
+        assert_eq!(cfg.cmdline.as_deref(), Some("a"));
+        let d = FileConfig::default().validate().unwrap();
+        assert_eq!((d.cpus, d.memory_bytes), (1, 128 << 20));
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let v = |f: FileConfig| f.validate().unwrap_err().to_string();
+        assert!(v(FileConfig {
+            cpus: Some(0),
+            ..Default::default()
+        })
+        .contains("--cpus"));
+        assert!(v(FileConfig {
+            memory: Some("1M".into()),
+            ..Default::default()
+        })
+        .contains("too small"));
+        assert!(v(FileConfig {
+            memory: Some("100T".into()),
+            ..Default::default()
+        })
+        .contains("too large"));
+        assert!(v(FileConfig {
+            cmdline: Some("x".repeat(3000)),
+            ..Default::default()
+        })
+        .contains("command line"));
+        assert!(serde_json::from_str::<FileConfig>(r#"{"cpuz": 1}"#).is_err());
+    }
+}
