@@ -4,7 +4,11 @@ use kvm_bindings::{
     KVM_INTERNAL_ERROR_EMULATION, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES,
 };
 use kvm_ioctls::VcpuFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// How many `int3` emulation failures were answered by injecting #BP (reported with --verbose).
+pub static BREAKPOINTS_INJECTED: AtomicU64 = AtomicU64::new(0);
 
 /// The #BP exception vector.
 const BP_VECTOR: u8 = 3;
@@ -84,5 +88,7 @@ fn inject_breakpoint(vcpu: &mut VcpuFd, mut regs: kvm_bindings::kvm_regs) -> Res
     events.exception.pending = 0;
     vcpu.set_regs(&regs)
         .and_then(|_| vcpu.set_vcpu_events(&events))
-        .map_err(|e| format!("cannot inject #BP for int3: {e}"))
+        .map_err(|e| format!("cannot inject #BP for int3: {e}"))?;
+    BREAKPOINTS_INJECTED.fetch_add(1, Ordering::Relaxed);
+    Ok(())
 }

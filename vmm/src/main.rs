@@ -101,6 +101,9 @@ fn run(args: RunArgs, start: Instant) -> Result<i32, String> {
                 us % 1000
             );
         }
+        let bp =
+            plainvm::emulation::BREAKPOINTS_INJECTED.load(std::sync::atomic::Ordering::Relaxed);
+        eprintln!("plainvm: int3 emulation failures answered with #BP: {bp}");
         eprintln!("plainvm: ran for {} ms", start.elapsed().as_millis());
     }
     match out.reason {
