@@ -151,3 +151,73 @@ pub fn have(program: &str) -> bool {
         .map(|s| s.success())
         .unwrap_or(false)
 }
+
+/// Tiny hand-assembled 64-bit ring-0 payloads in the two Linux image formats, for testing the
+/// boot protocols without a (slow) Linux boot. The code checks RSI points at a zero page with the
+/// "HdrS" magic, prints `msg` on the serial port, runs `extra` (raw instruction bytes), then
+/// asks for a reset through the i8042 (port 0x64 <- 0xfe).
+pub mod payload {
+    /// Offset of `extra` in the code (the RIP an emulation failure there reports, from the entry).
+    pub const EXTRA_OFFSET: u64 = 35;
+
+    /// The machine code.
+    pub fn code(msg: &str, extra: &[u8]) -> Vec<u8> {
+        let mut c = Vec::new();
+        let msg_off = 41 + extra.len() as i32;
+        c.extend([0x48, 0x8d, 0x1d]); // lea rbx, [rip + msg]
+        c.extend((msg_off - 7).to_le_bytes());
+        c.extend([0x66, 0xba, 0xf8, 0x03]); // mov dx, 0x3f8
+        c.extend([0x81, 0xbe, 0x02, 0x02, 0, 0]); // cmp dword [rsi + 0x202], "HdrS"
+        c.extend(0x5372_6448u32.to_le_bytes());
+        c.extend([0x75, 12]); // jne done
+        c.extend([0x8a, 0x03, 0x84, 0xc0, 0x74, 0x06]); // L: mov al,[rbx]; test al,al; jz done
+        c.extend([0xee, 0x48, 0xff, 0xc3, 0xeb, 0xf4]); // out dx,al; inc rbx; jmp L
+        assert_eq!(c.len() as u64, EXTRA_OFFSET);
+        c.extend(extra); // done:
+        c.extend([0xb0, 0xfe, 0xe6, 0x64, 0xeb, 0xfe]); // mov al,0xfe; out 0x64,al; jmp $
+        c.extend(msg.as_bytes());
+        c.push(0);
+        c
+    }
+
+    /// A bzImage whose protected-mode part is loaded at 1 MiB, 64-bit entry at +0x200.
+    pub fn bzimage(code: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; 1024 + 0x200];
+        f[0x1f1] = 1; // setup_sects: the setup part is 2 sectors
+        f[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+        f[0x202..0x206].copy_from_slice(b"HdrS");
+        f[0x206..0x208].copy_from_slice(&0x020cu16.to_le_bytes());
+        f[0x211] = 1; // loadflags: LOADED_HIGH
+        f[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes());
+        f.extend(code);
+        f
+    }
+
+    /// A 64-bit ELF with one segment at 1 MiB and no notes (so: the 64-bit Linux boot protocol).
+    pub fn elf(code: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; 0x1000];
+        f[..4].copy_from_slice(b"\x7fELF");
+        f[4] = 2; // 64-bit
+        f[5] = 1; // little endian
+        f[6] = 1; // version
+        f[16..18].copy_from_slice(&2u16.to_le_bytes()); // executable
+        f[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86-64
+        f[20..24].copy_from_slice(&1u32.to_le_bytes());
+        f[24..32].copy_from_slice(&0x10_0000u64.to_le_bytes()); // entry
+        f[32..40].copy_from_slice(&64u64.to_le_bytes()); // program headers
+        f[52..54].copy_from_slice(&64u16.to_le_bytes());
+        f[54..56].copy_from_slice(&56u16.to_le_bytes());
+        f[56..58].copy_from_slice(&1u16.to_le_bytes());
+        let ph = &mut f[64..120];
+        ph[0..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+        ph[4..8].copy_from_slice(&5u32.to_le_bytes()); // R+X
+        ph[8..16].copy_from_slice(&0x1000u64.to_le_bytes()); // offset
+        ph[16..24].copy_from_slice(&0x10_0000u64.to_le_bytes()); // vaddr
+        ph[24..32].copy_from_slice(&0x10_0000u64.to_le_bytes()); // paddr
+        ph[32..40].copy_from_slice(&(code.len() as u64).to_le_bytes());
+        ph[40..48].copy_from_slice(&(code.len() as u64).to_le_bytes());
+        ph[48..56].copy_from_slice(&0x1000u64.to_le_bytes());
+        f.extend(code);
+        f
+    }
+}
