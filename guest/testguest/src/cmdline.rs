@@ -1,0 +1,91 @@
+//! Command-line parsing: space-separated words, `key=value` with decimal values, unknown words ignored.
+
+use crate::serial;
+
+/// Longest command line we look at.
+const MAX_LEN: usize = 4096;
+
+/// What the command line asked for.
+pub struct Options {
+    /// `exit-now`: power off right after parsing.
+    pub exit_now: bool,
+    /// `echo`: echo console input upper-cased until `q`, then power off.
+    pub echo: bool,
+    /// `idle`: after the greeting, stay up doing nothing (for memory measurements).
+    pub idle: bool,
+    /// `memwrite=<MiB>`: run the memory-writing workload over this many MiB.
+    pub memwrite_mib: Option<u64>,
+    /// `passes=<P>`: workload passes; 0 means forever (default 1).
+    pub passes: u64,
+    /// `dirty=<pages>`: pages touched per pass (default: every page of the region).
+    pub dirty: Option<u64>,
+}
+
+/// Parses the NUL-terminated command line at guest-physical address `addr` (0: none).
+///
+/// # Safety
+/// `addr` must be 0 or point at readable memory up to a NUL byte or `MAX_LEN` bytes.
+pub unsafe fn parse(addr: u64) -> Options {
+    let mut opts = Options {
+        exit_now: false,
+        echo: false,
+        idle: false,
+        memwrite_mib: None,
+        passes: 1,
+        dirty: None,
+    };
+    if addr == 0 {
+        return opts;
+    }
+    let base = addr as *const u8;
+    let mut len = 0;
+    // SAFETY: the caller guarantees the bytes up to the NUL (or MAX_LEN) are readable.
+    while len < MAX_LEN && unsafe { base.add(len).read_volatile() } != 0 {
+        len += 1;
+    }
+    // SAFETY: the `len` bytes just scanned are readable and nothing writes them meanwhile.
+    let line = unsafe { core::slice::from_raw_parts(base, len) };
+
+    for word in line
+        .split(|&c| c == b' ' || c == b'\t' || c == b'\n')
+        .filter(|w| !w.is_empty())
+    {
+        if word == b"exit-now" {
+            opts.exit_now = true;
+        } else if word == b"echo" {
+            opts.echo = true;
+        } else if word == b"idle" {
+            opts.idle = true;
+        } else if let Some(v) = value(word, b"memwrite=") {
+            opts.memwrite_mib = Some(v);
+        } else if let Some(v) = value(word, b"passes=") {
+            opts.passes = v;
+        } else if let Some(v) = value(word, b"dirty=") {
+            opts.dirty = Some(v);
+        }
+    }
+    opts
+}
+
+/// If `word` is `key` followed by a decimal number, returns the number; warns on a bad number.
+fn value(word: &[u8], key: &[u8]) -> Option<u64> {
+    let digits = word.strip_prefix(key)?;
+    let parsed = if digits.is_empty() {
+        None
+    } else {
+        digits.iter().try_fold(0u64, |acc, &c| {
+            if c.is_ascii_digit() {
+                acc.checked_mul(10)?.checked_add(u64::from(c - b'0'))
+            } else {
+                None
+            }
+        })
+    };
+    if parsed.is_none() {
+        serial::lock()
+            .s("cmdline: ignoring bad value: ")
+            .bytes(word)
+            .s("\n");
+    }
+    parsed
+}
