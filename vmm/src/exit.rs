@@ -1,5 +1,6 @@
 //! Why a VM stops, and the one-shot signal vCPUs and devices use to say so.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -29,6 +30,7 @@ impl ExitReason {
 pub struct ExitSignal {
     evt: EventFd,
     reason: Mutex<Option<ExitReason>>,
+    requested: AtomicBool,
 }
 
 impl ExitSignal {
@@ -37,10 +39,11 @@ impl ExitSignal {
         Ok(Self {
             evt: EventFd::new(EFD_NONBLOCK)?,
             reason: Mutex::new(None),
+            requested: AtomicBool::new(false),
         })
     }
 
-    /// The eventfd the main loop waits on; a write to it without a reason means a guest reset.
+    /// The eventfd the main loop waits on.
     pub fn eventfd(&self) -> &EventFd {
         &self.evt
     }
@@ -49,12 +52,30 @@ impl ExitSignal {
     pub fn request(&self, reason: ExitReason) {
         let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
         r.get_or_insert(reason);
+        self.requested.store(true, Ordering::SeqCst);
         let _ = self.evt.write(1);
     }
 
-    /// The recorded reason; a bare eventfd write (the i8042 reset line) means power-off.
+    /// True once the VM is ending; vCPUs check it after each exit so they stop running guest code.
+    pub fn is_requested(&self) -> bool {
+        self.requested.load(Ordering::Relaxed)
+    }
+
+    /// The recorded reason (power-off if none was given).
     pub fn reason(&self) -> ExitReason {
         let r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
         r.clone().unwrap_or(ExitReason::PowerOff)
+    }
+}
+
+/// Lets a device (the i8042 reset line) end the VM: a guest-requested reset is a clean stop.
+pub struct ResetTrigger(pub std::sync::Arc<ExitSignal>);
+
+impl vm_superio::Trigger for ResetTrigger {
+    type E = std::convert::Infallible;
+
+    fn trigger(&self) -> Result<(), Self::E> {
+        self.0.request(ExitReason::PowerOff);
+        Ok(())
     }
 }

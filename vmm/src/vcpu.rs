@@ -140,12 +140,16 @@ impl Vcpu {
     }
 
     fn run(mut self) {
-        let reason = loop {
+        loop {
             if let Some(r) = self.run_once() {
-                break r;
+                self.exit.request(r);
+                return;
             }
-        };
-        self.exit.request(reason);
+            // Another vCPU or a device ended the VM: stop running guest code.
+            if self.exit.is_requested() {
+                return;
+            }
+        }
     }
 
     /// One KVM_RUN and its exit. `Some` ends the vCPU.

@@ -4,7 +4,7 @@ use crate::boot;
 use crate::config::VmConfig;
 use crate::console::{ConsoleIn, ConsoleOut};
 use crate::cpuid;
-use crate::exit::{ExitReason, ExitSignal};
+use crate::exit::{ExitReason, ExitSignal, ResetTrigger};
 use crate::memory::Layout;
 use crate::vcpu::{self, Vcpu};
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
@@ -94,12 +94,11 @@ pub fn run(cfg: &VmConfig) -> Result<RunResult, VmError> {
         EventFdTrigger(serial_irq),
         Box::new(ConsoleOut),
     )));
-    let reset = exit.eventfd().try_clone().map_err(VmError::EventFd)?;
     let milestones: Milestones = Arc::default();
     let mut pio = Bus::new();
     pio.insert(serial.clone(), SERIAL_PORT, 8)?;
     pio.insert(
-        Arc::new(Mutex::new(I8042::new(EventFdTrigger(reset)))),
+        Arc::new(Mutex::new(I8042::new(ResetTrigger(exit.clone())))),
         I8042_PORT,
         5,
     )?;
