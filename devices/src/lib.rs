@@ -5,5 +5,6 @@ pub mod i8042;
 pub mod post_code;
 pub mod serial;
 pub mod trigger;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};

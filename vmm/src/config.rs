@@ -81,6 +81,8 @@ pub struct FileConfig {
     /// A size such as "128M" or a number of MiB.
     pub memory: Option<serde_json::Value>,
     pub cpu_template: Option<CpuTemplate>,
+    /// Attach a virtio-rng device.
+    pub rng: Option<bool>,
 }
 
 /// A validated VM configuration.
@@ -94,6 +96,7 @@ pub struct VmConfig {
     pub cpus: u8,
     pub memory_bytes: u64,
     pub cpu_template: CpuTemplate,
+    pub rng: bool,
 }
 
 impl FileConfig {
@@ -118,6 +121,7 @@ impl FileConfig {
             cpus: over.cpus.or(self.cpus),
             memory: over.memory.or(self.memory),
             cpu_template: over.cpu_template.or(self.cpu_template),
+            rng: over.rng.or(self.rng),
         }
     }
 
@@ -153,6 +157,7 @@ impl FileConfig {
             cpus: cpus as u8,
             memory_bytes,
             cpu_template: self.cpu_template.unwrap_or_default(),
+            rng: self.rng.unwrap_or(false),
         })
     }
 }

@@ -9,4 +9,5 @@ pub mod exit;
 pub mod memory;
 pub mod terminal;
 pub mod vcpu;
+pub mod virtio_devices;
 pub mod vm;

@@ -53,6 +53,9 @@ struct RunArgs {
     /// CPUID template: auto (safe on hosts that emulate guest ring 0), host or safe.
     #[arg(long)]
     cpu_template: Option<CpuTemplate>,
+    /// Attach a virtio-rng device (entropy from the host's getrandom).
+    #[arg(long)]
+    rng: bool,
     /// Print boot milestones and timing on exit.
     #[arg(long, short)]
     verbose: bool,
@@ -88,6 +91,7 @@ fn run(args: RunArgs, start: Instant) -> Result<i32, String> {
         cpus: args.cpus,
         memory: args.memory.map(serde_json::Value::String),
         cpu_template: args.cpu_template,
+        rng: args.rng.then_some(true),
     };
     let cfg = file.merge(flags).validate().map_err(|e| e.to_string())?;
     let out = plainvm::vm::run(&cfg).map_err(|e| e.to_string())?;

@@ -7,13 +7,15 @@ use crate::cpuid;
 use crate::exit::{ExitReason, ExitSignal, ResetTrigger};
 use crate::memory::Layout;
 use crate::vcpu::{self, Vcpu};
-use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use crate::virtio_devices::{AttachError, EventLoop, VirtioSlots};
+use event_manager::{EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
 use plainvm_devices::i8042::I8042;
 use plainvm_devices::post_code::{Milestones, PostCode};
 use plainvm_devices::serial::SerialConsole;
 use plainvm_devices::trigger::EventFdTrigger;
+use plainvm_devices::virtio::rng::Rng;
 use plainvm_devices::Bus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -53,6 +55,8 @@ pub enum VmError {
     Vcpu(#[from] vcpu::VcpuError),
     #[error(transparent)]
     Bus(#[from] plainvm_devices::BusError),
+    #[error(transparent)]
+    Attach(#[from] AttachError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -84,7 +88,16 @@ pub fn run(cfg: &VmConfig) -> Result<RunResult, VmError> {
     };
     vm.create_pit2(pit).map_err(kvm_err("create the PIT"))?;
 
-    let boot = boot::prepare(&mem, &layout, cfg)?;
+    let mut events = EventLoop::new().map_err(VmError::EventLoop)?;
+    let mut mmio = Bus::new();
+    let mut virtio = VirtioSlots::default();
+    if cfg.rng {
+        let rng = Rng::new().map_err(VmError::EventFd)?;
+        let evts = rng.queue_evts().map_err(VmError::EventFd)?;
+        virtio.attach(&vm, &mem, &mut mmio, &mut events, rng, evts)?;
+    }
+
+    let boot = boot::prepare(&mem, &layout, cfg, &virtio.cmdline)?;
 
     let exit = Arc::new(ExitSignal::new().map_err(VmError::EventFd)?);
     let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?;
@@ -107,8 +120,6 @@ pub fn run(cfg: &VmConfig) -> Result<RunResult, VmError> {
         POST_CODE_PORT,
         1,
     )?;
-    let mmio = Bus::new();
-
     let template = cpuid::resolve(cfg.cpu_template);
     let base_cpuid = cpuid::supported(&kvm)?;
     let mut vcpus = Vec::with_capacity(usize::from(cfg.cpus));
@@ -128,8 +139,6 @@ pub fn run(cfg: &VmConfig) -> Result<RunResult, VmError> {
         });
     }
 
-    let mut events = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
-        .map_err(VmError::EventLoop)?;
     let done = Arc::new(AtomicBool::new(false));
     events.add_subscriber(Arc::new(Mutex::new(ExitWatch {
         exit: exit.clone(),

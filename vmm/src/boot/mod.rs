@@ -7,7 +7,7 @@ pub mod paging;
 pub mod params;
 pub mod regs;
 
-use crate::config::VmConfig;
+use crate::config::{VmConfig, MAX_CMDLINE};
 use crate::memory::{Layout, CMDLINE_ADDR, GDT_ADDR, TSS_ADDR};
 pub use image::Entry;
 use params::InitrdPlace;
@@ -39,6 +39,8 @@ pub enum BootError {
         path: PathBuf,
         source: vm_memory::GuestMemoryError,
     },
+    #[error("the kernel command line with the device entries plainvm adds is {0} bytes; the limit is {MAX_CMDLINE}: shorten --cmdline")]
+    CmdlineTooLong(usize),
     #[error("cannot write boot data into guest memory: {0}")]
     Write(vm_memory::GuestMemoryError),
     #[error(transparent)]
@@ -65,10 +67,12 @@ pub struct BootInfo {
 pub static DEFAULT_GUEST: &[u8] = include_bytes!(env!("PLAINVM_TESTGUEST_ELF"));
 
 /// Load kernel, initrd and command line for `cfg` into `mem` and write the boot structures.
+/// `devices` are command-line entries the VMM adds (virtio-mmio devices).
 pub fn prepare(
     mem: &GuestMemoryMmap,
     layout: &Layout,
     cfg: &VmConfig,
+    devices: &[String],
 ) -> Result<BootInfo, BootError> {
     let loaded = match &cfg.kernel {
         Some(path) => {
@@ -94,6 +98,15 @@ pub fn prepare(
         (None, true) => crate::config::DEFAULT_CMDLINE,
         (None, false) => "",
     };
+    let mut cmdline = cmdline.to_string();
+    for d in devices {
+        cmdline.push(' ');
+        cmdline.push_str(d);
+    }
+    let cmdline = cmdline.trim_start();
+    if cmdline.len() > MAX_CMDLINE {
+        return Err(BootError::CmdlineTooLong(cmdline.len()));
+    }
     let mut bytes = cmdline.as_bytes().to_vec();
     bytes.push(0);
     mem.write_slice(&bytes, GuestAddress(CMDLINE_ADDR))

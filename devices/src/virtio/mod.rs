@@ -1,0 +1,75 @@
+//! virtio 1.x devices over the virtio-mmio transport: the device trait and shared pieces.
+
+pub mod interrupt;
+pub mod mmio;
+pub mod rng;
+
+pub use interrupt::Interrupt;
+pub use mmio::MmioTransport;
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+
+/// Device IDs from the virtio specification.
+pub const TYPE_NET: u32 = 1;
+pub const TYPE_BLOCK: u32 = 2;
+pub const TYPE_RNG: u32 = 4;
+pub const TYPE_BALLOON: u32 = 5;
+pub const TYPE_VSOCK: u32 = 19;
+
+/// Feature bit every virtio 1.x device offers (and a driver must accept).
+pub const F_VERSION_1: u64 = 1 << 32;
+
+/// Size of one device's MMIO window.
+pub const MMIO_WINDOW: u64 = 0x1000;
+
+/// Why a device could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error("the driver set up {got} queues, the device needs {want}")]
+    QueueCount { got: usize, want: usize },
+    #[error("queue {0} is not valid (size or ring addresses outside guest memory)")]
+    BadQueue(usize),
+    #[error("the device back-end failed: {0}")]
+    Backend(String),
+}
+
+/// A virtio device model. The transport owns the register interface; the device owns its queues
+/// once the driver activates it, and processes them on the device event loop (each device also
+/// implements `event_manager::MutEventSubscriber` for its queue and back-end events).
+pub trait VirtioDevice: Send {
+    /// The virtio device ID.
+    fn device_type(&self) -> u32;
+    /// The maximum size of each queue (their number is the device's queue count).
+    fn queue_max_sizes(&self) -> &[u16];
+    /// The features the device offers.
+    fn features(&self) -> u64;
+    /// The features the driver accepted (a subset of `features`).
+    fn ack_features(&mut self, features: u64);
+    /// Read the device-specific configuration space.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Write the device-specific configuration space (ignored unless the device has writable fields).
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// Start processing: the driver set `DRIVER_OK` with these (validated) queues.
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        interrupt: Interrupt,
+    ) -> Result<(), ActivateError>;
+    /// The driver reset the device: stop processing and drop the queues.
+    fn reset(&mut self);
+}
+
+/// Copy `value`'s little-endian bytes at `offset` into `data` (config-space reads); reads past
+/// the end return zeroes.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if start < config.len() {
+        let n = data.len().min(config.len() - start);
+        data[..n].copy_from_slice(&config[start..start + n]);
+    }
+}

@@ -1,0 +1,131 @@
+//! virtio-rng: fills the guest's buffers from the host's `getrandom`.
+
+use super::{ActivateError, Interrupt, VirtioDevice, TYPE_RNG};
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+const QUEUE_SIZE: u16 = 256;
+/// Most bytes served per request: a guest asking for gigabytes gets a short answer.
+const MAX_REQUEST: usize = 64 << 10;
+
+/// The entropy device.
+pub struct Rng {
+    queue_evt: EventFd,
+    active: Option<(GuestMemoryMmap, Queue, Interrupt)>,
+}
+
+impl Rng {
+    /// A new device with its queue eventfd.
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            queue_evt: EventFd::new(EFD_NONBLOCK)?,
+            active: None,
+        })
+    }
+
+    /// Clones of the queue eventfds, for the transport and the ioeventfd registration.
+    pub fn queue_evts(&self) -> std::io::Result<Vec<EventFd>> {
+        Ok(vec![self.queue_evt.try_clone()?])
+    }
+
+    /// Serve every available request; returns how many were completed.
+    fn process(&mut self) -> usize {
+        let Some((mem, queue, interrupt)) = &mut self.active else {
+            return 0;
+        };
+        let mut done = 0;
+        let mut buf = vec![0u8; MAX_REQUEST];
+        while let Some(chain) = queue.pop_descriptor_chain(&*mem) {
+            let head = chain.head_index();
+            let mut written = 0usize;
+            for desc in chain {
+                if !desc.is_write_only() || written >= MAX_REQUEST {
+                    break; // a device-readable buffer has no place in an rng request
+                }
+                let n = (desc.len() as usize).min(MAX_REQUEST - written);
+                if fill_random(&mut buf[..n]).is_err()
+                    || mem.write_slice(&buf[..n], desc.addr()).is_err()
+                {
+                    break;
+                }
+                written += n;
+            }
+            if queue.add_used(&*mem, head, written as u32).is_err() {
+                break; // used ring outside guest memory: the driver broke the queue
+            }
+            done += 1;
+        }
+        if done > 0 && queue.needs_notification(&*mem).unwrap_or(true) {
+            interrupt.signal_used_queue();
+        }
+        done
+    }
+}
+
+/// Fill `buf` from the kernel's random source.
+fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut off = 0;
+    while off < buf.len() {
+        // SAFETY: writes at most `buf.len() - off` bytes into `buf` past `off`.
+        let n = unsafe { libc::getrandom(buf[off..].as_mut_ptr().cast(), buf.len() - off, 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        } else {
+            off += n as usize;
+        }
+    }
+    Ok(())
+}
+
+impl VirtioDevice for Rng {
+    fn device_type(&self) -> u32 {
+        TYPE_RNG
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+    fn features(&self) -> u64 {
+        0
+    }
+    fn ack_features(&mut self, _features: u64) {}
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        mut queues: Vec<Queue>,
+        interrupt: Interrupt,
+    ) -> Result<(), ActivateError> {
+        if queues.len() != 1 {
+            return Err(ActivateError::QueueCount {
+                got: queues.len(),
+                want: 1,
+            });
+        }
+        self.active = Some((mem, queues.remove(0), interrupt));
+        // Requests queued before activation are served now.
+        self.process();
+        Ok(())
+    }
+    fn reset(&mut self) {
+        self.active = None;
+    }
+}
+
+impl MutEventSubscriber for Rng {
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(Events::new(&self.queue_evt, EventSet::IN));
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.queue_evt.read();
+        Rng::process(self);
+    }
+}
