@@ -238,7 +238,7 @@ impl BusDevice for MmioTransport {
             return self.device().read_config(offset - CONFIG, data);
         }
         match <&mut [u8; 4]>::try_from(&mut *data) {
-            Ok(word) if offset % 4 == 0 => *word = self.read_reg(offset).to_le_bytes(),
+            Ok(word) if offset.is_multiple_of(4) => *word = self.read_reg(offset).to_le_bytes(),
             _ => data.fill(0), // registers are 32-bit, aligned
         }
     }
@@ -247,7 +247,7 @@ impl BusDevice for MmioTransport {
         if offset >= CONFIG {
             return self.device().write_config(offset - CONFIG, data);
         }
-        if let (Ok(word), true) = (<[u8; 4]>::try_from(data), offset % 4 == 0) {
+        if let (Ok(word), true) = (<[u8; 4]>::try_from(data), offset.is_multiple_of(4)) {
             self.write_reg(offset, u32::from_le_bytes(word));
         }
     }
