@@ -1,0 +1,14 @@
+#!/bin/bash
+# The one entry point (README, CI): build every Linux guest artifact plainvm's tests use,
+# each step cached (a run with nothing changed takes about a second), then print the paths.
+# Environment: PLAINVM_CACHE (default /var/cache/plainvm), PLAINVM_GUEST_BIN_DIR (optional).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+"$here/build-kernel.sh"
+"$here/build-initramfs.sh"
+"$here/build-rootfs.sh"
+source "$here/env.sh"
+echo "PLAINVM_VMLINUX=$PLAINVM_VMLINUX"
+echo "PLAINVM_VMLINUX_NOINT3=$PLAINVM_VMLINUX_NOINT3"
+echo "PLAINVM_INITRAMFS=$PLAINVM_INITRAMFS"
+echo "PLAINVM_ROOTFS=$PLAINVM_ROOTFS"
