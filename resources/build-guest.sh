@@ -5,6 +5,9 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 "$here/build-kernel.sh"
+# Our own guest helpers (guest/c) go into /usr/bin of both images.
+"$here/build-guest-bins.sh"
+export PLAINVM_GUEST_BIN_DIR=${PLAINVM_GUEST_BIN_DIR:-${PLAINVM_CACHE:-/var/cache/plainvm}/guest-bin}
 "$here/build-initramfs.sh"
 "$here/build-rootfs.sh"
 source "$here/env.sh"

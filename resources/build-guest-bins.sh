@@ -1,0 +1,27 @@
+#!/bin/bash
+# Build the small static 32-bit guest helpers in guest/c/*.c (one program per file, named after
+# it) into $PLAINVM_CACHE/guest-bin, which build-guest.sh puts into /usr/bin of the initramfs and
+# the rootfs. 32-bit C because Linux guests on PVM hosts run a 32-bit userspace and the Rust
+# toolchain here only targets x86_64 (/work/shared/linux-boot.md). Cached by a hash of the sources.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+src=$RESOURCES/../guest/c
+out=$CACHE/guest-bin
+shopt -s nullglob
+files=("$src"/*.c "$src"/*.h)
+hash=$( (cat "$0" "${files[@]}" /dev/null) | sha256sum | cut -d' ' -f1)
+if up_to_date guest-bin "$hash" "$out"; then
+    log "up to date: $out"
+    exit 0
+fi
+need_pkgs gcc gcc-multilib
+rm -rf "$out.tmp" && mkdir -p "$out.tmp"
+for c in "$src"/*.c; do
+    name=$(basename "$c" .c)
+    gcc -m32 -static -Os -Wall -Werror -o "$out.tmp/$name" "$c"
+    strip "$out.tmp/$name"
+done
+rm -rf "$out" && mv "$out.tmp" "$out"
+write_stamp guest-bin "$hash"
+log "built $out"
