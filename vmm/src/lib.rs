@@ -9,5 +9,6 @@ pub mod exit;
 pub mod memory;
 pub mod terminal;
 pub mod vcpu;
+pub mod vcpu_control;
 pub mod virtio_devices;
 pub mod vm;

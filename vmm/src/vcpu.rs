@@ -3,10 +3,11 @@
 use crate::boot::{regs, BootInfo};
 use crate::emulation;
 use crate::exit::{ExitReason, ExitSignal};
+use crate::vcpu_control::{set_thread_kvm_run, VcpuControl};
 use kvm_bindings::{kvm_fpu, kvm_mp_state, kvm_msr_entry, CpuId, Msrs, KVM_MP_STATE_RUNNABLE};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use plainvm_devices::Bus;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use vm_memory::GuestMemoryMmap;
 
 /// Errors setting up a vCPU.
@@ -119,14 +120,16 @@ fn set_lvt(lapic: &mut kvm_bindings::kvm_lapic_state, reg: usize, mode: u32) {
     }
 }
 
-/// What a vCPU thread needs to run.
+/// What a vCPU thread needs to run. The fd is shared so the VMM can read and set its state
+/// while the vCPU is parked (outside KVM_RUN).
 pub struct Vcpu {
-    pub fd: VcpuFd,
+    pub fd: Arc<Mutex<VcpuFd>>,
     pub index: u8,
     pub pio: Bus,
     pub mmio: Bus,
     pub mem: GuestMemoryMmap,
     pub exit: Arc<ExitSignal>,
+    pub control: Arc<VcpuControl>,
 }
 
 impl Vcpu {
@@ -139,23 +142,24 @@ impl Vcpu {
             .map_err(|e| VcpuError::Spawn(index, e))
     }
 
-    fn run(mut self) {
-        loop {
-            if let Some(r) = self.run_once() {
+    fn run(self) {
+        self.control.register_thread();
+        set_thread_kvm_run(lock(&self.fd).get_kvm_run());
+        // Park between runs when paused; stop when another vCPU or a device ended the VM.
+        while self.control.checkpoint() && !self.exit.is_requested() {
+            let mut fd = lock(&self.fd);
+            if let Some(r) = self.run_once(&mut fd) {
                 self.exit.request(r);
-                return;
-            }
-            // Another vCPU or a device ended the VM: stop running guest code.
-            if self.exit.is_requested() {
+                self.control.stop();
                 return;
             }
         }
     }
 
     /// One KVM_RUN and its exit. `Some` ends the vCPU.
-    fn run_once(&mut self) -> Option<ExitReason> {
+    fn run_once(&self, fd: &mut VcpuFd) -> Option<ExitReason> {
         let crash = |m: String| Some(ExitReason::Crash(format!("vCPU {}: {m}", self.index)));
-        match self.fd.run() {
+        match fd.run() {
             Ok(VcpuExit::IoOut(port, data)) => {
                 self.pio.write(u64::from(port), data);
             }
@@ -170,14 +174,14 @@ impl Vcpu {
             }
             Ok(VcpuExit::SystemEvent(..)) | Ok(VcpuExit::Hlt) => return Some(ExitReason::PowerOff),
             Ok(VcpuExit::Shutdown) => {
-                let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or(0);
+                let rip = fd.get_regs().map(|r| r.rip).unwrap_or(0);
                 return crash(format!(
                     "the guest triple-faulted (an exception it could not handle) near RIP {rip:#x}"
                 ));
             }
             Ok(VcpuExit::InternalError) => {
                 let index = self.index;
-                return emulation::handle_internal_error(&mut self.fd, &self.mem)
+                return emulation::handle_internal_error(fd, &self.mem)
                     .err()
                     .map(|m| ExitReason::Crash(format!("vCPU {index}: {m}")));
             }
@@ -188,9 +192,17 @@ impl Vcpu {
             }
             Ok(VcpuExit::Intr) => {}
             Ok(other) => return crash(format!("unexpected KVM exit {other:?}")),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+            // Kicked (pause or stop): clear the kick so the next KVM_RUN really runs.
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                fd.set_kvm_immediate_exit(0);
+            }
             Err(e) => return crash(format!("KVM_RUN failed: {e}")),
         }
         None
     }
+}
+
+/// Lock a vCPU fd (a panic elsewhere must not wedge it: panics abort the process anyway).
+pub fn lock(fd: &Mutex<VcpuFd>) -> MutexGuard<'_, VcpuFd> {
+    fd.lock().unwrap_or_else(|e| e.into_inner())
 }

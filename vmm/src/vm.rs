@@ -7,6 +7,7 @@ use crate::cpuid;
 use crate::exit::{ExitReason, ExitSignal, ResetTrigger};
 use crate::memory::Layout;
 use crate::vcpu::{self, Vcpu};
+use crate::vcpu_control::{install_kick_handler, ControlError, VcpuControl};
 use crate::virtio_devices::{AttachError, EventLoop, VirtioSlots};
 use event_manager::{EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
@@ -57,6 +58,8 @@ pub enum VmError {
     Bus(#[from] plainvm_devices::BusError),
     #[error(transparent)]
     Attach(#[from] AttachError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -122,6 +125,8 @@ pub fn run(cfg: &VmConfig) -> Result<RunResult, VmError> {
     )?;
     let template = cpuid::resolve(cfg.cpu_template);
     let base_cpuid = cpuid::supported(&kvm)?;
+    install_kick_handler()?;
+    let control = Arc::new(VcpuControl::new(usize::from(cfg.cpus), false));
     let mut vcpus = Vec::with_capacity(usize::from(cfg.cpus));
     for index in 0..cfg.cpus {
         let fd = vm
@@ -130,12 +135,13 @@ pub fn run(cfg: &VmConfig) -> Result<RunResult, VmError> {
         let cpuid = cpuid::for_vcpu(&base_cpuid, template, index, cfg.cpus);
         vcpu::configure(&fd, &cpuid, &boot, index, cfg.cpus)?;
         vcpus.push(Vcpu {
-            fd,
+            fd: Arc::new(Mutex::new(fd)),
             index,
             pio: pio.clone(),
             mmio: mmio.clone(),
             mem: mem.clone(),
             exit: exit.clone(),
+            control: control.clone(),
         });
     }
 
@@ -157,6 +163,7 @@ pub fn run(cfg: &VmConfig) -> Result<RunResult, VmError> {
     while !done.load(Ordering::SeqCst) {
         events.run().map_err(VmError::EventLoop)?;
     }
+    control.stop();
     serial.lock().unwrap_or_else(|e| e.into_inner()).flush();
     let milestones = milestones.lock().unwrap_or_else(|e| e.into_inner()).clone();
     Ok(RunResult {
