@@ -30,4 +30,8 @@ fn main() {
         "cargo:rerun-if-changed={}",
         root.join("guest/testguest").display()
     );
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("guest/proto").display()
+    );
 }

@@ -43,6 +43,13 @@ pub enum ConfigError {
     CmdlineNul,
     #[error("invalid --cpu-template '{0}': use auto, host or safe")]
     BadTemplate(String),
+    #[error("invalid --net '{0}': use tap=NAME[,mac=aa:bb:cc:dd:ee:ff]")]
+    BadNet(String),
+    #[error("network device on tap '{tap}': {source}")]
+    BadMac {
+        tap: String,
+        source: plainvm_devices::virtio::net::mac::MacError,
+    },
 }
 
 /// Which CPUID template the guest sees.
@@ -83,6 +90,8 @@ pub struct FileConfig {
     pub cpu_template: Option<CpuTemplate>,
     /// Attach a virtio-rng device.
     pub rng: Option<bool>,
+    /// virtio-net devices, each over a host tap.
+    pub nets: Option<Vec<NetConfig>>,
 }
 
 /// A validated VM configuration.
@@ -97,6 +106,40 @@ pub struct VmConfig {
     pub memory_bytes: u64,
     pub cpu_template: CpuTemplate,
     pub rng: bool,
+    pub nets: Vec<NetDevice>,
+}
+
+/// One virtio-net device as written: `--net tap=NAME[,mac=..]` or `{"tap": "NAME", "mac": ".."}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    pub tap: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+/// A validated virtio-net device: the tap and its MAC (generated when none was given).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetDevice {
+    pub tap: String,
+    pub mac: [u8; 6],
+}
+
+/// Parse a `--net` flag: `tap=NAME[,mac=aa:bb:cc:dd:ee:ff]`.
+pub fn parse_net(s: &str) -> Result<NetConfig, ConfigError> {
+    let bad = || ConfigError::BadNet(s.to_string());
+    let (mut tap, mut mac) = (None, None);
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("tap", v)) if tap.is_none() && !v.is_empty() => tap = Some(v.to_string()),
+            Some(("mac", v)) if mac.is_none() => mac = Some(v.to_string()),
+            _ => return Err(bad()),
+        }
+    }
+    Ok(NetConfig {
+        tap: tap.ok_or_else(bad)?,
+        mac,
+    })
 }
 
 impl FileConfig {
@@ -122,6 +165,7 @@ impl FileConfig {
             memory: over.memory.or(self.memory),
             cpu_template: over.cpu_template.or(self.cpu_template),
             rng: over.rng.or(self.rng),
+            nets: over.nets.or(self.nets),
         }
     }
 
@@ -158,8 +202,32 @@ impl FileConfig {
             memory_bytes,
             cpu_template: self.cpu_template.unwrap_or_default(),
             rng: self.rng.unwrap_or(false),
+            nets: validate_nets(self.nets.unwrap_or_default())?,
         })
     }
+}
+
+/// Check each network device's MAC, or generate a locally administered one.
+fn validate_nets(nets: Vec<NetConfig>) -> Result<Vec<NetDevice>, ConfigError> {
+    use plainvm_devices::virtio::net::MacAddr;
+    nets.into_iter()
+        .map(|n| {
+            if n.tap.is_empty() {
+                return Err(ConfigError::BadNet(String::new()));
+            }
+            let mac = match &n.mac {
+                Some(m) => m.parse::<MacAddr>().map_err(|source| ConfigError::BadMac {
+                    tap: n.tap.clone(),
+                    source,
+                })?,
+                None => MacAddr::random_local(),
+            };
+            Ok(NetDevice {
+                tap: n.tap,
+                mac: mac.0,
+            })
+        })
+        .collect()
 }
 
 /// Parse "128M", "2G", "512MiB", "1048576K", "4096" (MiB) into bytes.
@@ -245,6 +313,48 @@ mod tests {
         assert_eq!(cfg.cmdline.as_deref(), Some("a"));
         let d = FileConfig::default().validate().unwrap();
         assert_eq!((d.cpus, d.memory_bytes), (1, 128 << 20));
+    }
+
+    #[test]
+    fn net_flags_and_json_parse() {
+        let n = parse_net("tap=tap0,mac=02:00:00:00:00:07").unwrap();
+        assert_eq!(
+            (n.tap.as_str(), n.mac.as_deref()),
+            ("tap0", Some("02:00:00:00:00:07"))
+        );
+        assert_eq!(parse_net("tap=t1").unwrap().mac, None);
+        for bad in [
+            "",
+            "tap=",
+            "mac=02:00:00:00:00:01",
+            "tap=a,tap=b",
+            "tap=a,colour=red",
+            "tap0",
+        ] {
+            assert!(
+                matches!(parse_net(bad), Err(ConfigError::BadNet(_))),
+                "{bad}"
+            );
+        }
+        let file: FileConfig = serde_json::from_str(
+            r#"{"nets": [{"tap": "a", "mac": "02:00:00:00:00:01"}, {"tap": "b"}]}"#,
+        )
+        .unwrap();
+        let cfg = file.validate().unwrap();
+        assert_eq!(cfg.nets[0].mac, [2, 0, 0, 0, 0, 1]);
+        assert_eq!(
+            cfg.nets[1].mac[0] & 3,
+            2,
+            "generated MACs are local unicast"
+        );
+        let file: FileConfig =
+            serde_json::from_str(r#"{"nets": [{"tap": "a", "mac": "01:00:00:00:00:01"}]}"#)
+                .unwrap();
+        assert!(file
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("multicast"));
     }
 
     #[test]

@@ -5,11 +5,65 @@ use crate::config::CpuTemplate;
 use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::Kvm;
 
-/// Errors building the CPUID.
+/// Errors building or checking the CPUID.
 #[derive(Debug, thiserror::Error)]
 pub enum CpuidError {
     #[error("cannot read KVM's supported CPUID: {0}")]
     Supported(kvm_ioctls::Error),
+    #[error("cannot open /dev/kvm to check the snapshot's CPU features: {0}")]
+    Kvm(kvm_ioctls::Error),
+    #[error("the snapshot's guest uses CPU features this host lacks (CPUID leaf {leaf:#x}.{index} register {reg}: missing bits {missing:#x}); restore it on a host with the same CPU features")]
+    Missing {
+        leaf: u32,
+        index: u32,
+        reg: &'static str,
+        missing: u32,
+    },
+}
+
+/// Feature leaves whose bits a restored guest may already rely on.
+const FEATURE_LEAVES: [(u32, u32); 4] = [(1, 0), (7, 0), (0x8000_0001, 0), (0xd, 1)];
+
+/// Refuse to restore `state` when its guest saw CPU features this host's KVM cannot offer.
+pub fn check_restorable(state: &crate::vm_state::VmState) -> Result<(), CpuidError> {
+    let kvm = Kvm::new().map_err(CpuidError::Kvm)?;
+    let host = supported(&kvm)?;
+    let Some(vcpu) = state.vcpus.first() else {
+        return Ok(());
+    };
+    for (leaf, index) in FEATURE_LEAVES {
+        let find = |entries: &[kvm_cpuid_entry2]| {
+            entries
+                .iter()
+                .find(|e| e.function == leaf && e.index == index)
+                .copied()
+        };
+        let (Some(saved), Some(have)) = (find(&vcpu.cpuid), find(host.as_slice())) else {
+            continue;
+        };
+        // The hypervisor bit and the per-vCPU topology bits are ours, not the host's.
+        let ecx_ours = if leaf == 1 { L1_ECX_HYPERVISOR } else { 0 };
+        let edx_ours = if leaf == 1 { L1_EDX_HTT } else { 0 };
+        for (reg, s, h, ours) in [
+            ("ecx", saved.ecx, have.ecx, ecx_ours),
+            ("edx", saved.edx, have.edx, edx_ours),
+            ("ebx", saved.ebx, have.ebx, 0),
+        ] {
+            if leaf == 1 && reg == "ebx" {
+                continue; // APIC ID and counts
+            }
+            let missing = s & !h & !ours;
+            if missing != 0 {
+                return Err(CpuidError::Missing {
+                    leaf,
+                    index,
+                    reg,
+                    missing,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The template in force after `auto` is resolved against the host.
@@ -127,6 +181,13 @@ fn topology(e: &mut kvm_cpuid_entry2, index: u8, count: u8, width: u32) {
             e.ecx = (level_type << 8) | e.index;
             e.edx = apic;
         }
+        // AMD: core count and APIC ID width, then the extended APIC ID / core / node leaf.
+        0x8000_0008 => e.ecx = (e.ecx & !0xf0ff) | (width << 12) | (u32::from(count) - 1),
+        0x8000_001e => {
+            e.eax = apic;
+            e.ebx = apic & 0xff; // core ID; one thread per core
+            e.ecx = 0; // node 0, one node per package
+        }
         0xa => {
             // No virtual PMU: the guest must not program performance counters.
             (e.eax, e.ebx, e.ecx, e.edx) = (0, 0, 0, 0);
@@ -215,6 +276,17 @@ mod tests {
         assert_eq!(e[2].eax, 0, "XSAVEOPT/XSAVEC/XSAVES gone");
         let h = for_vcpu(&base, Resolved::Host, 0, 1);
         assert_ne!(h.as_slice()[0].ecx & L1_ECX_CX16, 0);
+    }
+
+    #[test]
+    fn amd_leaves_report_one_package() {
+        let base =
+            CpuId::from_entries(&[entry(0x8000_0008, 0, 0), entry(0x8000_001e, 0, 7)]).unwrap();
+        let c = for_vcpu(&base, Resolved::Host, 2, 3);
+        let e = c.as_slice();
+        assert_eq!(e[0].ecx & 0xff, 2, "3 cores");
+        assert_eq!((e[0].ecx >> 12) & 0xf, 2, "APIC ID width");
+        assert_eq!((e[1].eax, e[1].ebx, e[1].ecx), (2, 2, 0));
     }
 
     #[test]

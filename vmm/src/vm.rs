@@ -1,25 +1,34 @@
 //! A VM: KVM set-up, guest memory, devices on the buses, vCPU threads, and the device event loop.
 
+use crate::api;
 use crate::boot;
 use crate::config::VmConfig;
 use crate::console::{ConsoleIn, ConsoleOut};
+use crate::controller::{VcpuHandle, VmController};
 use crate::cpuid;
 use crate::exit::{ExitReason, ExitSignal, ResetTrigger};
 use crate::memory::Layout;
+use crate::snapshot::memory_file;
+use crate::snapshot::{SnapshotError, MEMORY_FILE};
 use crate::vcpu::{self, Vcpu};
 use crate::vcpu_control::{install_kick_handler, ControlError, VcpuControl};
 use crate::virtio_devices::{AttachError, EventLoop, VirtioSlots};
+use crate::vm_state::{VmState, VmStateError};
 use event_manager::{EventOps, Events, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::CpuId;
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
 use plainvm_devices::i8042::I8042;
 use plainvm_devices::post_code::{Milestones, PostCode};
 use plainvm_devices::serial::SerialConsole;
 use plainvm_devices::trigger::EventFdTrigger;
+use plainvm_devices::virtio::net::{tap::TapError, MacAddr, Net, Tap};
 use plainvm_devices::virtio::rng::Rng;
 use plainvm_devices::Bus;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -59,7 +68,21 @@ pub enum VmError {
     #[error(transparent)]
     Attach(#[from] AttachError),
     #[error(transparent)]
+    Tap(#[from] TapError),
+    #[error(transparent)]
+    Hypercall(#[from] crate::hypercall::HypercallError),
+    #[error(transparent)]
     Control(#[from] ControlError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    VcpuState(#[from] crate::vcpu_state::VcpuStateError),
+    #[error(transparent)]
+    VmState(#[from] VmStateError),
+    #[error("the snapshot's vCPU state is inconsistent (corrupted?)")]
+    BadSnapshot,
+    #[error(transparent)]
+    Api(#[from] api::server::ApiServerError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -71,14 +94,41 @@ pub struct RunResult {
     pub reason: ExitReason,
     pub milestones: Vec<(u8, std::time::Instant)>,
     pub template: cpuid::Resolved,
+    /// Boot marks, heartbeat and agent state from the hypercall device.
+    pub hypercall: Arc<crate::hypercall::HypercallState>,
+    /// When the vCPUs were started.
+    pub vcpu_start: std::time::Instant,
 }
 
-/// Build the VM described by `cfg`, run it until the guest stops, and say why it stopped.
-pub fn run(cfg: &VmConfig) -> Result<RunResult, VmError> {
+/// A snapshot to start from instead of booting.
+pub struct Restore {
+    pub dir: PathBuf,
+    pub state: VmState,
+    /// Read the whole memory file up front instead of mapping it lazily.
+    pub copy_memory: bool,
+}
+
+/// How to start the VM beyond its configuration.
+#[derive(Default)]
+pub struct RunOptions {
+    pub restore: Option<Restore>,
+    /// Serve the control API on this unix socket.
+    pub api_sock: Option<PathBuf>,
+}
+
+/// Build the VM described by `cfg` (or restore it), run it until the guest stops, and say why
+/// it stopped.
+pub fn run(cfg: &VmConfig, opts: RunOptions) -> Result<RunResult, VmError> {
+    let started = Instant::now();
     let kvm = Kvm::new().map_err(VmError::Kvm)?;
     let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
     let layout = Layout::new(cfg.memory_bytes);
-    let mem = layout.create_memory()?;
+    let restore = opts.restore.as_ref();
+    let mem = match restore {
+        None => layout.create_memory()?,
+        Some(r) => memory_file::map(&r.dir.join(MEMORY_FILE), &layout.ranges(), r.copy_memory)
+            .map_err(SnapshotError::from)?,
+    };
     // Memory slots go in before the irqchip: registering them after is ~50x slower on some hosts.
     register_memory(&vm, &mem)?;
     vm.set_tss_address(KVM_TSS_ADDR)
@@ -99,16 +149,26 @@ pub fn run(cfg: &VmConfig) -> Result<RunResult, VmError> {
         let evts = rng.queue_evts().map_err(VmError::EventFd)?;
         virtio.attach(&vm, &mem, &mut mmio, &mut events, rng, evts)?;
     }
+    for n in &cfg.nets {
+        let net = Net::new(Tap::open(&n.tap)?, MacAddr(n.mac)).map_err(VmError::EventFd)?;
+        let evts = net.queue_evts().map_err(VmError::EventFd)?;
+        virtio.attach(&vm, &mem, &mut mmio, &mut events, net, evts)?;
+    }
 
-    let boot = boot::prepare(&mem, &layout, cfg, &virtio.cmdline)?;
+    let boot = match restore {
+        None => Some(boot::prepare(&mem, &layout, cfg, &virtio.cmdline)?),
+        Some(_) => None,
+    };
 
     let exit = Arc::new(ExitSignal::new().map_err(VmError::EventFd)?);
+    let hypercall = crate::hypercall::attach(&mut mmio, &mem, exit.clone())?;
     let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?;
     vm.register_irqfd(&serial_irq, SERIAL_IRQ)
         .map_err(kvm_err("connect the serial interrupt"))?;
     let serial = Arc::new(Mutex::new(SerialConsole::new(
         EventFdTrigger(serial_irq),
         Box::new(ConsoleOut),
+        restore.map(|r| &r.state.serial),
     )));
     let milestones: Milestones = Arc::default();
     let mut pio = Bus::new();
@@ -127,15 +187,32 @@ pub fn run(cfg: &VmConfig) -> Result<RunResult, VmError> {
     let base_cpuid = cpuid::supported(&kvm)?;
     install_kick_handler()?;
     let control = Arc::new(VcpuControl::new(usize::from(cfg.cpus), false));
+    let mut handles = Vec::with_capacity(usize::from(cfg.cpus));
     let mut vcpus = Vec::with_capacity(usize::from(cfg.cpus));
     for index in 0..cfg.cpus {
         let fd = vm
             .create_vcpu(u64::from(index))
             .map_err(kvm_err("create a vCPU"))?;
-        let cpuid = cpuid::for_vcpu(&base_cpuid, template, index, cfg.cpus);
-        vcpu::configure(&fd, &cpuid, &boot, index, cfg.cpus)?;
+        let cpuid = match (&boot, restore) {
+            (Some(boot), _) => {
+                let cpuid = cpuid::for_vcpu(&base_cpuid, template, index, cfg.cpus);
+                vcpu::configure(&fd, &cpuid, boot, index, cfg.cpus)?;
+                cpuid
+            }
+            (None, Some(r)) => {
+                let state = &r.state.vcpus[usize::from(index)];
+                state.restore(&fd, usize::from(index))?;
+                CpuId::from_entries(&state.cpuid).map_err(|_| VmError::BadSnapshot)?
+            }
+            (None, None) => unreachable!("a VM either boots or restores"),
+        };
+        let fd = Arc::new(Mutex::new(fd));
+        handles.push(VcpuHandle {
+            fd: fd.clone(),
+            cpuid,
+        });
         vcpus.push(Vcpu {
-            fd: Arc::new(Mutex::new(fd)),
+            fd,
             index,
             pio: pio.clone(),
             mmio: mmio.clone(),
@@ -143,6 +220,27 @@ pub fn run(cfg: &VmConfig) -> Result<RunResult, VmError> {
             exit: exit.clone(),
             control: control.clone(),
         });
+    }
+
+    if let Some(r) = restore {
+        r.state.kvm.restore(&vm)?;
+    }
+    let controller = Arc::new(VmController {
+        vm: Arc::new(vm),
+        mem: mem.clone(),
+        file_backed: restore.is_some_and(|r| !r.copy_memory),
+        config: cfg.clone(),
+        vcpus: handles,
+        msr_indices: kvm
+            .get_msr_index_list()
+            .map(|l| l.as_slice().to_vec())
+            .unwrap_or_default(),
+        control: control.clone(),
+        serial: serial.clone(),
+        started,
+    });
+    if let Some(sock) = &opts.api_sock {
+        api::server::start(sock, controller.clone())?;
     }
 
     let done = Arc::new(AtomicBool::new(false));
@@ -157,6 +255,7 @@ pub fn run(cfg: &VmConfig) -> Result<RunResult, VmError> {
         None
     };
 
+    let vcpu_start = crate::hypercall::start(&mut events, hypercall.clone(), exit.clone())?;
     for v in vcpus {
         v.spawn()?;
     }
@@ -170,6 +269,8 @@ pub fn run(cfg: &VmConfig) -> Result<RunResult, VmError> {
         reason: exit.reason(),
         milestones,
         template,
+        hypercall,
+        vcpu_start,
     })
 }
 

@@ -1,7 +1,9 @@
 //! virtio 1.x devices over the virtio-mmio transport: the device trait and shared pieces.
 
+pub mod block;
 pub mod interrupt;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 
 pub use interrupt::Interrupt;

@@ -19,12 +19,25 @@ pub struct Options {
     pub passes: u64,
     /// `dirty=<pages>`: pages touched per pass (default: every page of the region).
     pub dirty: Option<u64>,
+    /// `hypercall-selftest`: exercise every hypercall, malformed ones included.
+    pub hypercall_selftest: bool,
+    /// `agent`: announce as guest agent and obey host requests (power off) forever.
+    pub agent: bool,
+    /// `exit-code=N`: end through the hypercall POWER call with exit status N.
+    pub exit_code: Option<u64>,
+    /// The whole command line (virtio drivers look for `virtio_mmio.device=` words in it).
+    pub line: &'static [u8],
+    /// `blk-selftest`: write, flush, read back and check every virtio-blk disk; get-id; read-only.
+    pub blk_selftest: bool,
+    /// `blk-bench=<MiB>`: virtio-blk throughput over this many MiB of the first disk.
+    pub blk_bench_mib: Option<u64>,
 }
 
 /// Parses the NUL-terminated command line at guest-physical address `addr` (0: none).
 ///
 /// # Safety
-/// `addr` must be 0 or point at readable memory up to a NUL byte or `MAX_LEN` bytes.
+/// `addr` must be 0 or point at readable memory up to a NUL byte or `MAX_LEN` bytes, which stays
+/// unchanged for the rest of the run (`Options::line` keeps referring to it).
 pub unsafe fn parse(addr: u64) -> Options {
     let mut opts = Options {
         exit_now: false,
@@ -33,6 +46,12 @@ pub unsafe fn parse(addr: u64) -> Options {
         memwrite_mib: None,
         passes: 1,
         dirty: None,
+        hypercall_selftest: false,
+        agent: false,
+        exit_code: None,
+        line: &[],
+        blk_selftest: false,
+        blk_bench_mib: None,
     };
     if addr == 0 {
         return opts;
@@ -45,6 +64,7 @@ pub unsafe fn parse(addr: u64) -> Options {
     }
     // SAFETY: the `len` bytes just scanned are readable and nothing writes them meanwhile.
     let line = unsafe { core::slice::from_raw_parts(base, len) };
+    opts.line = line;
 
     for word in line
         .split(|&c| c == b' ' || c == b'\t' || c == b'\n')
@@ -62,6 +82,16 @@ pub unsafe fn parse(addr: u64) -> Options {
             opts.passes = v;
         } else if let Some(v) = value(word, b"dirty=") {
             opts.dirty = Some(v);
+        } else if word == b"hypercall-selftest" {
+            opts.hypercall_selftest = true;
+        } else if word == b"agent" {
+            opts.agent = true;
+        } else if let Some(v) = value(word, b"exit-code=") {
+            opts.exit_code = Some(v);
+        } else if word == b"blk-selftest" {
+            opts.blk_selftest = true;
+        } else if let Some(v) = value(word, b"blk-bench=") {
+            opts.blk_bench_mib = Some(v);
         }
     }
     opts

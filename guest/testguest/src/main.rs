@@ -2,15 +2,18 @@
 #![no_std]
 #![no_main]
 
+mod blk_workload;
 mod clock;
 mod cmdline;
 mod entry;
+mod hypercall;
 mod io;
 mod mem;
 mod power;
 mod pvh;
 mod serial;
 mod smp;
+mod virtio;
 mod workload;
 
 /// Highest number of vCPUs the guest has stacks for (see `entry.rs`).
@@ -61,12 +64,27 @@ pub extern "C" fn testguest_main(idx: u64, ncpus: u64, ram: u64, cmdline_addr: u
             core::hint::spin_loop();
         }
     }
+    if opts.blk_selftest {
+        blk_workload::selftest(opts.line);
+    }
+    if let Some(mib) = opts.blk_bench_mib {
+        blk_workload::bench(opts.line, mib);
+    }
+    if opts.hypercall_selftest {
+        hypercall::selftest(ram);
+    }
+    if opts.agent {
+        hypercall::agent();
+    }
     if let Some(mib) = opts.memwrite_mib {
         workload::memwrite(mib, opts.passes, opts.dirty, ram);
     }
 
     power::post(3);
     serial::lock().s("TESTGUEST-OK\n");
+    if let Some(code) = opts.exit_code {
+        hypercall::exit(code);
+    }
     power::off(0);
 }
 

@@ -1,0 +1,324 @@
+//! The virtio-blk device: features and config space, and the request queue served on the device
+//! event loop (one queue, requests run synchronously against the raw image).
+
+use super::backend::{BackendError, RawFile};
+use super::request::{parse, Kind, Request};
+use super::{
+    F_FLUSH, F_RO, F_SEG_MAX, F_SIZE_MAX, ID_BYTES, SECTOR_SIZE, SEG_MAX, SIZE_MAX, S_IOERR, S_OK,
+};
+use crate::virtio::{read_config_bytes, ActivateError, Interrupt, VirtioDevice, TYPE_BLOCK};
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use std::path::Path;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::bitmap::Bitmap;
+use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// Queue size offered.
+const QUEUE_SIZE: u16 = 256;
+/// Most chains served per wake-up before yielding the event loop to other devices.
+const BUDGET: usize = 4 * QUEUE_SIZE as usize;
+
+/// Why a block device cannot be created.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("disk id '{0}' is longer than {ID_BYTES} bytes: give a shorter id=")]
+    IdTooLong(String),
+    #[error("cannot create an eventfd for the disk: {0}")]
+    EventFd(std::io::Error),
+}
+
+/// A virtio-blk device over a raw image.
+pub struct Block {
+    backend: RawFile,
+    id: [u8; ID_BYTES],
+    /// Usable bytes: the image size rounded down to whole sectors.
+    capacity: u64,
+    config: [u8; 16],
+    queue_evt: EventFd,
+    active: Option<Active>,
+    req: Request,
+    /// Requests answered with an error status (or dropped as malformed) so far.
+    errors: u64,
+}
+
+struct Active {
+    mem: GuestMemoryMmap,
+    queue: Queue,
+    interrupt: Interrupt,
+}
+
+impl Block {
+    /// A device serving the image at `path`; `id` is what `VIRTIO_BLK_T_GET_ID` returns.
+    pub fn new(path: &Path, read_only: bool, id: Option<&str>) -> Result<Self, BlockError> {
+        let mut id_bytes = [0u8; ID_BYTES];
+        if let Some(id) = id {
+            if id.len() > ID_BYTES {
+                return Err(BlockError::IdTooLong(id.to_string()));
+            }
+            id_bytes[..id.len()].copy_from_slice(id.as_bytes());
+        }
+        let backend = RawFile::open(path, read_only)?;
+        Self::with_backend(backend, id_bytes)
+    }
+
+    fn with_backend(backend: RawFile, id: [u8; ID_BYTES]) -> Result<Self, BlockError> {
+        let capacity = backend.size() / SECTOR_SIZE * SECTOR_SIZE;
+        let mut config = [0u8; 16];
+        config[0..8].copy_from_slice(&(capacity / SECTOR_SIZE).to_le_bytes());
+        config[8..12].copy_from_slice(&SIZE_MAX.to_le_bytes());
+        config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
+        Ok(Self {
+            backend,
+            id,
+            capacity,
+            config,
+            queue_evt: EventFd::new(EFD_NONBLOCK).map_err(BlockError::EventFd)?,
+            active: None,
+            req: Request::default(),
+            errors: 0,
+        })
+    }
+
+    /// Clones of the queue eventfds, for the transport and the ioeventfd registration.
+    pub fn queue_evts(&self) -> std::io::Result<Vec<EventFd>> {
+        Ok(vec![self.queue_evt.try_clone()?])
+    }
+
+    /// Disk size in 512-byte sectors.
+    pub fn capacity_sectors(&self) -> u64 {
+        self.capacity / SECTOR_SIZE
+    }
+
+    /// Requests refused or dropped so far (for tests and diagnostics).
+    pub fn errors(&self) -> u64 {
+        self.errors
+    }
+
+    /// Serves available requests (up to `BUDGET`); returns how many chains were completed.
+    fn process_queue(&mut self) -> usize {
+        let Self {
+            active,
+            backend,
+            id,
+            capacity,
+            req,
+            errors,
+            queue_evt,
+            ..
+        } = self;
+        let Some(Active {
+            mem,
+            queue,
+            interrupt,
+        }) = active
+        else {
+            return 0;
+        };
+        let mut iov: Vec<libc::iovec> = Vec::new();
+        let mut done = 0;
+        'outer: loop {
+            // No kicks needed while we are draining the ring.
+            if queue.disable_notification(&*mem).is_err() {
+                break;
+            }
+            let mut popped = 0;
+            while let Some(chain) = queue.pop_descriptor_chain(&*mem) {
+                let head = chain.head_index();
+                let (len, ok) = serve(mem, backend, id, *capacity, req, &mut iov, chain);
+                if !ok {
+                    *errors += 1;
+                }
+                if queue.add_used(&*mem, head, len).is_err() {
+                    break 'outer; // used ring unusable: the driver broke the queue
+                }
+                popped += 1;
+                done += 1;
+                if done >= BUDGET {
+                    // Let other devices run; come back through our own eventfd.
+                    let _ = queue_evt.write(1);
+                    break 'outer;
+                }
+            }
+            // Re-enable kicks; if more arrived meanwhile, go again. A ring whose index is
+            // garbage yields no chains: stop instead of spinning on it.
+            match queue.enable_notification(&*mem) {
+                Ok(true) if popped > 0 => continue,
+                _ => break,
+            }
+        }
+        if done > 0 && queue.needs_notification(&*mem).unwrap_or(true) {
+            interrupt.signal_used_queue();
+        }
+        done
+    }
+}
+
+/// Runs one chain; returns the used length and whether it succeeded.
+fn serve(
+    mem: &GuestMemoryMmap,
+    backend: &RawFile,
+    id: &[u8; ID_BYTES],
+    capacity: u64,
+    req: &mut Request,
+    iov: &mut Vec<libc::iovec>,
+    chain: impl Iterator<Item = virtio_queue::desc::split::Descriptor>,
+) -> (u32, bool) {
+    let (status_addr, verdict) = parse(chain, mem, capacity, backend.read_only(), req);
+    let Some(status_addr) = status_addr else {
+        return (0, false); // nowhere to report: the chain is dropped
+    };
+    let (status, written) = match verdict {
+        Err(e) => (e.status(), 0),
+        Ok(()) => execute(mem, backend, id, req, iov),
+    };
+    if mem.write_obj(status, status_addr).is_err() {
+        return (0, false);
+    }
+    // `written` is at most SEG_MAX * SIZE_MAX bytes, far below u32::MAX.
+    (written.saturating_add(1), status == S_OK)
+}
+
+/// Performs a validated request; returns the status and the bytes written into guest memory.
+fn execute(
+    mem: &GuestMemoryMmap,
+    backend: &RawFile,
+    id: &[u8; ID_BYTES],
+    req: &Request,
+    iov: &mut Vec<libc::iovec>,
+) -> (u8, u32) {
+    match req.kind {
+        Some(Kind::Read) | Some(Kind::Write) => {
+            let read = req.kind == Some(Kind::Read);
+            if guest_iovecs(mem, req, iov).is_err() {
+                return (S_IOERR, 0);
+            }
+            let offset = req.sector * SECTOR_SIZE; // range checked by `parse`
+            let r = if read {
+                backend.read_at(iov, offset)
+            } else {
+                backend.write_at(iov, offset)
+            };
+            match r {
+                Ok(()) if read => {
+                    mark_dirty(mem, req);
+                    (S_OK, req.len as u32)
+                }
+                Ok(()) => (S_OK, 0),
+                Err(_) => (S_IOERR, 0),
+            }
+        }
+        Some(Kind::Flush) => match backend.flush() {
+            Ok(()) => (S_OK, 0),
+            Err(_) => (S_IOERR, 0),
+        },
+        Some(Kind::GetId) => {
+            let mut left = &id[..req.len as usize]; // len <= ID_BYTES (parse)
+            let mut written = 0;
+            for seg in &req.segments {
+                if left.is_empty() {
+                    break;
+                }
+                let n = left.len().min(seg.len as usize);
+                if mem.write_slice(&left[..n], seg.addr).is_err() {
+                    return (S_IOERR, 0);
+                }
+                left = &left[n..];
+                written += n as u32;
+            }
+            (S_OK, written)
+        }
+        None => (S_IOERR, 0),
+    }
+}
+
+/// Host iovecs for the request's data segments; an error if any byte is outside guest RAM.
+fn guest_iovecs(
+    mem: &GuestMemoryMmap,
+    req: &Request,
+    iov: &mut Vec<libc::iovec>,
+) -> Result<(), vm_memory::GuestMemoryError> {
+    iov.clear();
+    for seg in &req.segments {
+        for slice in GuestMemoryBackend::get_slices(mem, seg.addr, seg.len as usize) {
+            let slice = slice?;
+            iov.push(libc::iovec {
+                iov_base: slice.ptr_guard_mut().as_ptr().cast(),
+                iov_len: slice.len(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Records guest pages the device wrote in the memory's dirty bitmap (if it keeps one).
+fn mark_dirty(mem: &GuestMemoryMmap, req: &Request) {
+    for seg in &req.segments {
+        for slice in GuestMemoryBackend::get_slices(mem, seg.addr, seg.len as usize).flatten() {
+            slice.bitmap().mark_dirty(0, slice.len());
+        }
+    }
+}
+
+/// Used by tests: a device over an already-open image.
+#[cfg(test)]
+pub(crate) fn for_test(backend: RawFile, id: &str) -> Block {
+    let mut b = [0u8; ID_BYTES];
+    b[..id.len()].copy_from_slice(id.as_bytes());
+    Block::with_backend(backend, b).unwrap()
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        TYPE_BLOCK
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+    fn features(&self) -> u64 {
+        let ro = if self.backend.read_only() { F_RO } else { 0 };
+        F_SIZE_MAX | F_SEG_MAX | F_FLUSH | ro
+    }
+    fn ack_features(&mut self, _features: u64) {}
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        mut queues: Vec<Queue>,
+        interrupt: Interrupt,
+    ) -> Result<(), ActivateError> {
+        if queues.len() != 1 {
+            return Err(ActivateError::QueueCount {
+                got: queues.len(),
+                want: 1,
+            });
+        }
+        self.active = Some(Active {
+            mem,
+            queue: queues.remove(0),
+            interrupt,
+        });
+        // Requests queued before activation are served now.
+        self.process_queue();
+        Ok(())
+    }
+    fn reset(&mut self) {
+        self.active = None;
+    }
+}
+
+impl MutEventSubscriber for Block {
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(Events::new(&self.queue_evt, EventSet::IN));
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.queue_evt.read();
+        self.process_queue();
+    }
+}

@@ -1,0 +1,372 @@
+//! The virtio-net device: frames from the tap fill the receive queue's buffers, frames the guest
+//! puts on the transmit queue go to the tap. Runs on the device event loop.
+
+use super::config::{config_space, FEATURES};
+use super::{MacAddr, Tap, HDR_LEN, MAX_BUFFER};
+use crate::virtio::{read_config_bytes, ActivateError, Interrupt, VirtioDevice, TYPE_NET};
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use std::io::ErrorKind;
+use virtio_queue::{DescriptorChain, Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+const QUEUE_SIZE: u16 = 256;
+const RX: usize = 0;
+const TX: usize = 1;
+/// Event-loop data tags.
+const EV_TAP: u32 = 0;
+const EV_RX: u32 = 1;
+const EV_TX: u32 = 2;
+/// Most frames moved per queue per event: a guest that keeps its queue full cannot starve the
+/// other devices on the loop (the device kicks itself to continue).
+const BUDGET: usize = 256;
+
+/// Why a descriptor chain was refused (the chain is returned to the guest with length 0).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    #[error("a transmit chain has a device-writable descriptor")]
+    WritableInTx,
+    #[error("a receive chain has a device-readable descriptor")]
+    ReadableInRx,
+    #[error("descriptor {addr:#x}+{len} lies outside guest memory")]
+    OutsideMemory { addr: u64, len: usize },
+    #[error("a transmit chain is longer than {MAX_BUFFER} bytes")]
+    TooLong,
+    #[error("a transmit chain of {0} bytes is shorter than the virtio-net header")]
+    TooShort(usize),
+}
+
+/// Counters, for tests and diagnostics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetStats {
+    /// Frames delivered to the guest.
+    pub rx_frames: u64,
+    /// Frames from the tap dropped because the guest's buffers were too small.
+    pub rx_dropped: u64,
+    /// Frames written to the tap.
+    pub tx_frames: u64,
+    /// Frames the tap refused.
+    pub tx_dropped: u64,
+    /// Malformed chains returned unused.
+    pub bad_chains: u64,
+}
+
+struct Active {
+    mem: GuestMemoryMmap,
+    queues: [Queue; 2],
+    interrupt: Interrupt,
+}
+
+/// The network device.
+pub struct Net {
+    tap: Tap,
+    config: [u8; 8],
+    evts: [EventFd; 2],
+    active: Option<Active>,
+    /// The tap reported data and has not yet returned `WouldBlock` (it is watched edge-triggered).
+    tap_readable: bool,
+    /// A frame read from the tap that waits for a receive buffer (`rx_len` bytes, 0 = none).
+    rx_frame: Vec<u8>,
+    rx_len: usize,
+    tx_frame: Vec<u8>,
+    /// Writable descriptors of the receive chain being filled.
+    rx_descs: Vec<(GuestAddress, usize)>,
+    stats: NetStats,
+    last_error: Option<ChainError>,
+}
+
+impl Net {
+    /// A device over `tap` with MAC address `mac`.
+    pub fn new(tap: Tap, mac: MacAddr) -> std::io::Result<Self> {
+        Ok(Self {
+            tap,
+            config: config_space(mac),
+            evts: [EventFd::new(EFD_NONBLOCK)?, EventFd::new(EFD_NONBLOCK)?],
+            active: None,
+            tap_readable: true,
+            rx_frame: vec![0; MAX_BUFFER],
+            rx_len: 0,
+            tx_frame: vec![0; MAX_BUFFER],
+            rx_descs: Vec::with_capacity(usize::from(QUEUE_SIZE)),
+            stats: NetStats::default(),
+            last_error: None,
+        })
+    }
+
+    /// Clones of the queue eventfds (receive, transmit), for the transport and the ioeventfds.
+    pub fn queue_evts(&self) -> std::io::Result<Vec<EventFd>> {
+        self.evts.iter().map(EventFd::try_clone).collect()
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> NetStats {
+        self.stats
+    }
+
+    /// The last malformed chain seen.
+    pub fn last_error(&self) -> Option<&ChainError> {
+        self.last_error.as_ref()
+    }
+
+    /// The tap has frames to read (its event fired).
+    pub fn tap_ready(&mut self) {
+        self.tap_readable = true;
+        self.process_rx();
+    }
+
+    /// Move frames from the tap into receive buffers until one side runs dry.
+    pub fn process_rx(&mut self) {
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
+        let mut used = 0;
+        let mut more = false;
+        for n in 0.. {
+            if n == BUDGET {
+                more = true;
+                break;
+            }
+            if self.rx_len == 0 {
+                if !self.tap_readable {
+                    break;
+                }
+                match self.tap.read_frame(&mut self.rx_frame) {
+                    Ok(len) if len > HDR_LEN => self.rx_len = len,
+                    Ok(_) => continue, // a runt without a frame: nothing to deliver
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        // WouldBlock, or a broken tap: wait for the next edge.
+                        self.tap_readable = false;
+                        break;
+                    }
+                }
+                // Offloads are off: no flags, no GSO; without MRG_RXBUF one buffer per frame.
+                self.rx_frame[0] = 0;
+                self.rx_frame[1] = 0;
+                self.rx_frame[10..12].copy_from_slice(&1u16.to_le_bytes());
+            }
+            let q = &mut a.queues[RX];
+            let Some(chain) = q.pop_descriptor_chain(&a.mem) else {
+                break; // no buffers: the frame waits, the tap is not read until the guest kicks
+            };
+            let head = chain.head_index();
+            let frame = &self.rx_frame[..self.rx_len];
+            match scatter(&a.mem, chain, frame, &mut self.rx_descs) {
+                Ok(true) => {
+                    if q.add_used(&a.mem, head, self.rx_len as u32).is_err() {
+                        break;
+                    }
+                    used += 1;
+                    self.stats.rx_frames += 1;
+                    self.rx_len = 0;
+                }
+                Ok(false) => {
+                    // Buffers too small for this frame: drop the frame, keep the buffers.
+                    q.set_next_avail(q.next_avail().wrapping_sub(1));
+                    self.stats.rx_dropped += 1;
+                    self.rx_len = 0;
+                }
+                Err(e) => {
+                    if q.add_used(&a.mem, head, 0).is_err() {
+                        break;
+                    }
+                    used += 1;
+                    self.stats.bad_chains += 1;
+                    self.last_error = Some(e);
+                }
+            }
+        }
+        if used > 0 && a.queues[RX].needs_notification(&a.mem).unwrap_or(true) {
+            a.interrupt.signal_used_queue();
+        }
+        if more {
+            let _ = self.evts[RX].write(1);
+        }
+    }
+
+    /// Write every frame on the transmit queue to the tap.
+    pub fn process_tx(&mut self) {
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
+        let mut used = 0;
+        let mut more = false;
+        for n in 0.. {
+            if n == BUDGET {
+                more = true;
+                break;
+            }
+            let q = &mut a.queues[TX];
+            let Some(chain) = q.pop_descriptor_chain(&a.mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            match gather(&a.mem, chain, &mut self.tx_frame) {
+                Ok(len) => {
+                    // Offloads are off: whatever the guest put in flags and GSO fields is
+                    // not passed to the host kernel.
+                    self.tx_frame[..HDR_LEN].fill(0);
+                    match self.tap.write_frame(&self.tx_frame[..len]) {
+                        Ok(_) => self.stats.tx_frames += 1,
+                        Err(_) => self.stats.tx_dropped += 1,
+                    }
+                }
+                Err(e) => {
+                    self.stats.bad_chains += 1;
+                    self.last_error = Some(e);
+                }
+            }
+            if q.add_used(&a.mem, head, 0).is_err() {
+                break; // the used ring is outside guest memory: the driver broke the queue
+            }
+            used += 1;
+        }
+        if used > 0 && a.queues[TX].needs_notification(&a.mem).unwrap_or(true) {
+            a.interrupt.signal_used_queue();
+        }
+        if more {
+            let _ = self.evts[TX].write(1);
+        }
+    }
+}
+
+/// Copy a transmit chain (header and frame, all device-readable) into `buf`; returns its length.
+fn gather(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    buf: &mut [u8],
+) -> Result<usize, ChainError> {
+    let mut total = 0usize;
+    for desc in chain {
+        if desc.is_write_only() {
+            return Err(ChainError::WritableInTx);
+        }
+        let len = desc.len() as usize;
+        let end = total
+            .checked_add(len)
+            .filter(|&e| e <= buf.len())
+            .ok_or(ChainError::TooLong)?;
+        mem.read_slice(&mut buf[total..end], desc.addr())
+            .map_err(|_| ChainError::OutsideMemory {
+                addr: desc.addr().0,
+                len,
+            })?;
+        total = end;
+    }
+    if total < HDR_LEN {
+        return Err(ChainError::TooShort(total));
+    }
+    Ok(total)
+}
+
+/// Copy `frame` into a receive chain (all device-writable). `Ok(false)`: the chain is valid but
+/// too small for this frame, and nothing was written.
+fn scatter(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    frame: &[u8],
+    descs: &mut Vec<(GuestAddress, usize)>,
+) -> Result<bool, ChainError> {
+    descs.clear();
+    let mut room = 0usize;
+    for desc in chain {
+        if !desc.is_write_only() {
+            return Err(ChainError::ReadableInRx);
+        }
+        // Only the part a frame can use is checked (and later written).
+        let len = (desc.len() as usize).min(MAX_BUFFER);
+        if !mem.check_range(desc.addr(), len, Permissions::Write) {
+            return Err(ChainError::OutsideMemory {
+                addr: desc.addr().0,
+                len,
+            });
+        }
+        descs.push((desc.addr(), len));
+        room = room.saturating_add(len);
+    }
+    if room < frame.len() {
+        return Ok(false);
+    }
+    let mut off = 0;
+    for &(addr, len) in descs.iter() {
+        if off == frame.len() {
+            break;
+        }
+        let n = len.min(frame.len() - off);
+        mem.write_slice(&frame[off..off + n], addr)
+            .map_err(|_| ChainError::OutsideMemory {
+                addr: addr.0,
+                len: n,
+            })?;
+        off += n;
+    }
+    Ok(true)
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        TYPE_NET
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE]
+    }
+    fn features(&self) -> u64 {
+        FEATURES
+    }
+    fn ack_features(&mut self, _features: u64) {}
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        interrupt: Interrupt,
+    ) -> Result<(), ActivateError> {
+        let got = queues.len();
+        let queues: [Queue; 2] = queues
+            .try_into()
+            .map_err(|_| ActivateError::QueueCount { got, want: 2 })?;
+        self.active = Some(Active {
+            mem,
+            queues,
+            interrupt,
+        });
+        self.process_tx();
+        self.process_rx();
+        Ok(())
+    }
+    fn reset(&mut self) {
+        self.active = None;
+        self.rx_len = 0;
+    }
+}
+
+impl MutEventSubscriber for Net {
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(Events::with_data(
+            &self.tap,
+            EV_TAP,
+            EventSet::IN | EventSet::EDGE_TRIGGERED,
+        ));
+        let _ = ops.add(Events::with_data(&self.evts[RX], EV_RX, EventSet::IN));
+        let _ = ops.add(Events::with_data(&self.evts[TX], EV_TX, EventSet::IN));
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        match events.data() {
+            EV_TAP => self.tap_ready(),
+            EV_RX => {
+                let _ = self.evts[RX].read();
+                self.process_rx();
+            }
+            EV_TX => {
+                let _ = self.evts[TX].read();
+                self.process_tx();
+                // Transmitting may have freed the guest to post receive buffers; nothing to do.
+            }
+            _ => {}
+        }
+    }
+}

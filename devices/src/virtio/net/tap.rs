@@ -1,0 +1,161 @@
+//! A host tap device opened through /dev/net/tun: whole Ethernet frames with a virtio-net header.
+
+use super::HDR_LEN;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+const TUN_PATH: &str = "/dev/net/tun";
+const IFNAMSIZ: usize = 16;
+const IFF_TAP: libc::c_short = 0x0002;
+const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+// _IOW('T', n, int)
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+
+/// Why a tap device could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    #[error("invalid tap name '{0}': use 1 to 15 characters without '/', ':', spaces or control characters")]
+    BadName(String),
+    #[error("cannot open {TUN_PATH}: {0} (is the tun module loaded? `modprobe tun`)")]
+    OpenTun(std::io::Error),
+    #[error("the host refused to create or attach tap '{name}': {source} (run as root or with CAP_NET_ADMIN, or create it first with `ip tuntap add {name} mode tap user $USER`)")]
+    NotAllowed {
+        name: String,
+        source: std::io::Error,
+    },
+    #[error("tap '{name}' is busy: {source} (another process holds it, or '{name}' is not a tap device)")]
+    Busy {
+        name: String,
+        source: std::io::Error,
+    },
+    #[error("cannot set up tap '{name}' ({what}): {source}")]
+    Setup {
+        name: String,
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// An open, nonblocking tap with a 12-byte virtio-net header on every frame and no offloads.
+pub struct Tap {
+    file: File,
+    name: String,
+}
+
+/// `struct ifreq` with the fields TUNSETIFF uses.
+#[repr(C)]
+struct IfReq {
+    name: [u8; IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+impl Tap {
+    /// Attach to tap `name`, creating it (for the life of this process) if it does not exist.
+    pub fn open(name: &str) -> Result<Self, TapError> {
+        let bytes = name.as_bytes();
+        let ok = !bytes.is_empty()
+            && bytes.len() < IFNAMSIZ
+            && bytes
+                .iter()
+                .all(|&b| b.is_ascii_graphic() && b != b'/' && b != b':');
+        if !ok {
+            return Err(TapError::BadName(name.to_string()));
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(TUN_PATH)
+            .map_err(TapError::OpenTun)?;
+        let mut req = IfReq {
+            name: [0; IFNAMSIZ],
+            flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
+            _pad: [0; 22],
+        };
+        req.name[..bytes.len()].copy_from_slice(bytes);
+        // SAFETY: TUNSETIFF reads and writes a `struct ifreq`; `req` is one (name, flags, padding
+        // to its full 40 bytes) and lives across the call.
+        if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
+            let source = std::io::Error::last_os_error();
+            let name = name.to_string();
+            return Err(match source.raw_os_error() {
+                Some(libc::EPERM) | Some(libc::EACCES) => TapError::NotAllowed { name, source },
+                Some(libc::EBUSY) | Some(libc::EINVAL) => TapError::Busy { name, source },
+                _ => TapError::Setup {
+                    name,
+                    what: "TUNSETIFF",
+                    source,
+                },
+            });
+        }
+        let tap = Self {
+            file,
+            name: name.to_string(),
+        };
+        let hdr: libc::c_int = HDR_LEN as libc::c_int;
+        // SAFETY: TUNSETVNETHDRSZ reads one int from the pointer, which points at `hdr`.
+        tap.check(unsafe { libc::ioctl(tap.file.as_raw_fd(), TUNSETVNETHDRSZ, &hdr) }, "TUNSETVNETHDRSZ")?;
+        // SAFETY: TUNSETOFFLOAD takes its argument by value (0: no offloads); no memory is passed.
+        tap.check(unsafe { libc::ioctl(tap.file.as_raw_fd(), TUNSETOFFLOAD, 0 as libc::c_ulong) }, "TUNSETOFFLOAD")?;
+        Ok(tap)
+    }
+
+    fn check(&self, rc: libc::c_int, what: &'static str) -> Result<(), TapError> {
+        if rc < 0 {
+            return Err(TapError::Setup {
+                name: self.name.clone(),
+                what,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
+    /// A tap over an already open packet file descriptor (for tests: one end of a
+    /// `SOCK_SEQPACKET` socket pair behaves like a tap).
+    pub fn from_file(file: File, name: &str) -> Self {
+        Self {
+            file,
+            name: name.to_string(),
+        }
+    }
+
+    /// The interface name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Read one frame (header included) into `buf`; `WouldBlock` when none is waiting.
+    pub fn read_frame(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.file.read(buf)
+    }
+
+    /// Write one frame (header included).
+    pub fn write_frame(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.write(buf)
+    }
+}
+
+impl AsRawFd for Tap {
+    fn as_raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_names_are_refused_before_any_syscall() {
+        for n in ["", "a/b", "has space", "x:1", "0123456789abcdef"] {
+            assert!(matches!(Tap::open(n), Err(TapError::BadName(_))), "{n}");
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! virtio-net over a real tap in a network namespace the test creates: a Linux guest and the host
+//! ping each other and move 4 MiB over TCP both ways with matching checksums.
+
+use plainvm_tests::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 1);
+const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+const TAP: &str = "pvtap0";
+const BLOB: usize = 4 << 20;
+
+/// A network namespace with a tap (`TAP`, 10.0.2.1/24, up) in it; deleted on drop, even when
+/// the test fails.
+struct Netns {
+    name: String,
+}
+
+fn ip(args: &[&str]) {
+    let o = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        o.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+impl Netns {
+    fn new(tag: &str) -> Self {
+        let name = format!("plainvm-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name]);
+        let ns = Self { name };
+        let n = ns.name.as_str();
+        ip(&["-n", n, "link", "set", "lo", "up"]);
+        ip(&[
+            "-n", n, "tuntap", "add", "dev", TAP, "mode", "tap", "vnet_hdr",
+        ]);
+        ip(&["-n", n, "addr", "add", "10.0.2.1/24", "dev", TAP]);
+        ip(&["-n", n, "link", "set", TAP, "up"]);
+        ns
+    }
+
+    /// Run `f` on a thread that has entered this namespace (a thread's namespace is its own).
+    fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let f_ns = std::fs::File::open(&path).expect("open netns");
+            // SAFETY: plain syscall on a valid namespace descriptor; it changes only this thread.
+            let rc = unsafe { libc::setns(f_ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// plainvm running with its console streamed line by line; killed on drop.
+struct LiveVm {
+    child: Child,
+    lines: Receiver<String>,
+    log: Vec<String>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl LiveVm {
+    fn start(cmd: &mut Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start plainvm");
+        let out = child.stdout.take().unwrap();
+        let mut err = child.stderr.take().unwrap();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        Self {
+            child,
+            lines,
+            log: Vec::new(),
+            stderr,
+        }
+    }
+
+    /// Wait for a console line containing `needle`; returns it.
+    fn wait_for(&mut self, needle: &str, limit: Duration) -> String {
+        let end = Instant::now() + limit;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.log.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no '{needle}' within {limit:?}:\n{}", self.dump()),
+            }
+        }
+    }
+
+    fn dump(&mut self) -> String {
+        while let Ok(l) = self.lines.try_recv() {
+            self.log.push(l);
+        }
+        self.log.join("\n")
+    }
+
+    /// Wait for the process to exit; its status.
+    fn finish(mut self, limit: Duration) -> (Option<i32>, String, String) {
+        let end = Instant::now() + limit;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s.code();
+            }
+            if Instant::now() > end {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The reader thread ends with the pipe.
+        let end = Instant::now() + Duration::from_secs(5);
+        while let Ok(l) = self
+            .lines
+            .recv_timeout(end.saturating_duration_since(Instant::now()))
+        {
+            self.log.push(l);
+        }
+        let log = self.log.join("\n");
+        let stderr = std::mem::replace(&mut self.stderr, std::thread::spawn(String::new));
+        (status, log, stderr.join().unwrap_or_default())
+    }
+}
+
+impl Drop for LiveVm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One ICMP echo from the calling thread's namespace; true when `to` answered within `limit`.
+fn icmp_echo(to: Ipv4Addr, limit: Duration) -> bool {
+    // SAFETY: creates a socket; the descriptor is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+    assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+    let id = (std::process::id() & 0xffff) as u16;
+    let mut pkt = [0u8; 64];
+    pkt[0] = 8; // echo request
+    pkt[4..6].copy_from_slice(&id.to_be_bytes());
+    pkt[6..8].copy_from_slice(&1u16.to_be_bytes());
+    pkt[8..].fill(0xa5);
+    let sum = checksum(&pkt);
+    pkt[2..4].copy_from_slice(&sum.to_be_bytes());
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(to).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let tv = libc::timeval {
+        tv_sec: 1,
+        tv_usec: 0,
+    };
+    let end = Instant::now() + limit;
+    let mut ok = false;
+    // SAFETY: the pointers refer to live locals of the sizes passed.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
+        'outer: while Instant::now() < end {
+            libc::sendto(
+                fd,
+                pkt.as_ptr().cast(),
+                pkt.len(),
+                0,
+                (&addr as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            );
+            let mut buf = [0u8; 256];
+            loop {
+                let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
+                if n < 28 {
+                    break; // timeout: send again
+                }
+                let ihl = usize::from(buf[0] & 0xf) * 4;
+                let src = Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
+                if src == to && buf[ihl] == 0 && buf[ihl + 4..ihl + 6] == id.to_be_bytes() {
+                    ok = true;
+                    break 'outer;
+                }
+            }
+        }
+        libc::close(fd);
+    }
+    ok
+}
+
+fn checksum(b: &[u8]) -> u16 {
+    let mut s: u32 = b
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    !(s as u16)
+}
+
+fn md5(data: &[u8], dir: &std::path::Path, name: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, data).unwrap();
+    let o = Command::new("md5sum").arg(&p).output().expect("md5sum");
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn linux_guest_pings_and_moves_4_mib_each_way_over_a_tap() {
+    let a = linux_artifacts();
+    let dir = scratch("net-linux");
+    let ns = Netns::new("net");
+    // The host's listener for the guest's upload, bound before the guest runs.
+    let upload = ns.run(|| {
+        let l = TcpListener::bind(SocketAddr::from((HOST_IP, 5002))).expect("bind 10.0.2.1:5002");
+        let (mut s, _) = l.accept().expect("accept the guest's upload");
+        s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
+        let mut data = vec![0u8; BLOB];
+        s.read_exact(&mut data).map(|_| data)
+    });
+    let cmdline = format!("{} plainvm.cmd=net", a.cmdline);
+    let bin = plainvm_bin();
+    let mut vm = LiveVm::start(Command::new("ip").args([
+        "netns",
+        "exec",
+        &ns.name,
+        bin.to_str().unwrap(),
+        "run",
+        "--kernel",
+        a.vmlinux.to_str().unwrap(),
+        "--initrd",
+        a.initramfs.to_str().unwrap(),
+        "--cmdline",
+        &cmdline,
+        "--net",
+        &format!("tap={TAP},mac=02:00:00:00:00:02"),
+    ]));
+    vm.wait_for("NET-UP", Duration::from_secs(300));
+    // Host -> guest ping (answered by the guest kernel), while the guest pings the host.
+    let ping = ns.run(|| icmp_echo(GUEST_IP, Duration::from_secs(60)));
+    assert!(
+        ping.join().unwrap(),
+        "the guest did not answer the host's ping:\n{}",
+        vm.dump()
+    );
+    vm.wait_for("NET-GUEST-PING-OK", Duration::from_secs(120));
+    // Host -> guest: 4 MiB into the guest's `nc -l`.
+    let down: Vec<u8> = (0..BLOB).map(|i| (i * 7 + i / 4096) as u8).collect();
+    let down_md5 = md5(&down, &dir, "down");
+    let sender = ns.run(move || {
+        let end = Instant::now() + Duration::from_secs(120);
+        let mut s = loop {
+            match TcpStream::connect_timeout(
+                &SocketAddr::from((GUEST_IP, 5001)),
+                Duration::from_secs(5),
+            ) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() > end => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(300)),
+            }
+        };
+        s.set_write_timeout(Some(Duration::from_secs(300)))?;
+        s.write_all(&down)?;
+        s.shutdown(std::net::Shutdown::Write)
+    });
+    sender.join().unwrap().expect("send 4 MiB to the guest");
+    let line = vm.wait_for("/net-rx", Duration::from_secs(300));
+    assert!(
+        line.starts_with(&down_md5),
+        "guest received data with md5 {line}, sent {down_md5}"
+    );
+    // Guest -> host: 4 MiB of the guest's random data.
+    let line = vm.wait_for("/net-tx", Duration::from_secs(120));
+    let up_md5 = line.split_whitespace().next().unwrap().to_string();
+    let up = upload
+        .join()
+        .unwrap()
+        .expect("receive 4 MiB from the guest");
+    assert_eq!(md5(&up, &dir, "up"), up_md5, "upload checksum");
+    vm.wait_for("NET-DONE", Duration::from_secs(120));
+    let (status, log, stderr) = vm.finish(Duration::from_secs(60));
+    assert_eq!(status, Some(0), "{log}\n--- stderr\n{stderr}");
+    assert!(log.contains("GUEST-POWEROFF"), "{log}");
+}

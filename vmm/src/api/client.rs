@@ -1,0 +1,88 @@
+//! The CLI's API client: one HTTP/1.1 request over the VM's unix socket.
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Errors talking to a VM's API.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the VM's API socket {path}: {source} (is the VM running, and is this its --api-sock?)")]
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("API request failed: {0}")]
+    Io(std::io::Error),
+    #[error("the API answered something that is not HTTP + JSON: {0}")]
+    BadResponse(String),
+    #[error("{message}")]
+    Api { status: u16, message: String },
+}
+
+/// Send `method path` with an optional JSON `body`; return the JSON answer of a 2xx response.
+pub fn request(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    timeout: Duration,
+) -> Result<Value, ClientError> {
+    let mut s = UnixStream::connect(sock).map_err(|source| ClientError::Connect {
+        path: sock.to_path_buf(),
+        source,
+    })?;
+    s.set_read_timeout(Some(timeout)).map_err(ClientError::Io)?;
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).map_err(ClientError::Io)?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).map_err(ClientError::Io)?;
+    let (head, rest) = resp
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| ClientError::BadResponse(resp.clone()))?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| ClientError::BadResponse(head.to_string()))?;
+    let json_text = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    let value: Value = serde_json::from_str(json_text.trim())
+        .map_err(|_| ClientError::BadResponse(json_text.clone()))?;
+    if !(200..300).contains(&status) {
+        let message = value
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown error")
+            .to_string();
+        return Err(ClientError::Api { status, message });
+    }
+    Ok(value)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}

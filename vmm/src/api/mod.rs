@@ -1,0 +1,4 @@
+//! The control API: HTTP + JSON on a per-VM unix socket (server) and the CLI's client.
+
+pub mod client;
+pub mod server;

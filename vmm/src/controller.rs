@@ -1,0 +1,137 @@
+//! What can be done to a running VM from outside: info, pause, resume, snapshot.
+
+use crate::config::VmConfig;
+use crate::snapshot::{self, SnapshotError, SnapshotStats};
+use crate::vcpu::lock;
+use crate::vcpu_control::{ControlError, VcpuControl};
+use crate::vcpu_state::{VcpuState, VcpuStateError};
+use crate::vm_state::{KvmVmState, VmState, VmStateError};
+use kvm_bindings::CpuId;
+use kvm_ioctls::{VcpuFd, VmFd};
+use plainvm_devices::serial::SerialConsole;
+use serde::Serialize;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use vm_memory::GuestMemoryMmap;
+
+/// How long a pause may take before it is given up (the VM then keeps running).
+pub const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors of control operations. A failed operation leaves the VM as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuStateError),
+    #[error(transparent)]
+    Vm(#[from] VmStateError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+}
+
+/// One vCPU as the controller sees it.
+pub struct VcpuHandle {
+    pub fd: Arc<Mutex<VcpuFd>>,
+    pub cpuid: CpuId,
+}
+
+/// A running VM's parts that control operations need.
+pub struct VmController {
+    pub vm: Arc<VmFd>,
+    pub mem: GuestMemoryMmap,
+    /// Guest memory maps an older snapshot's memory file (restored lazily).
+    pub file_backed: bool,
+    pub config: VmConfig,
+    pub vcpus: Vec<VcpuHandle>,
+    pub msr_indices: Vec<u32>,
+    pub control: Arc<VcpuControl>,
+    pub serial: Arc<Mutex<SerialConsole>>,
+    pub started: Instant,
+}
+
+/// `GET /vm`.
+#[derive(Serialize)]
+pub struct VmInfo {
+    pub state: &'static str,
+    pub config: VmConfig,
+    pub uptime_ms: u128,
+}
+
+/// `PUT /snapshot/create` result.
+#[derive(Serialize)]
+pub struct SnapshotResult {
+    pub path: String,
+    pub pause_ms: f64,
+    pub total_ms: f64,
+    #[serde(flatten)]
+    pub stats: SnapshotStats,
+}
+
+impl VmController {
+    /// State, configuration and uptime.
+    pub fn info(&self) -> VmInfo {
+        VmInfo {
+            state: if self.control.is_paused() {
+                "Paused"
+            } else {
+                "Running"
+            },
+            config: self.config.clone(),
+            uptime_ms: self.started.elapsed().as_millis(),
+        }
+    }
+
+    /// Stop all vCPUs.
+    pub fn pause(&self) -> Result<(), ControllerError> {
+        Ok(self.control.pause(PAUSE_TIMEOUT)?)
+    }
+
+    /// Let them run again.
+    pub fn resume(&self) {
+        self.control.resume();
+    }
+
+    /// Read the whole VM state (vCPUs must be paused).
+    pub fn save_state(&self) -> Result<VmState, ControllerError> {
+        let mut vcpus = Vec::with_capacity(self.vcpus.len());
+        for (i, v) in self.vcpus.iter().enumerate() {
+            vcpus.push(VcpuState::save(
+                &lock(&v.fd),
+                i,
+                &v.cpuid,
+                &self.msr_indices,
+            )?);
+        }
+        Ok(VmState {
+            config: self.config.clone(),
+            kvm: KvmVmState::save(&self.vm)?,
+            serial: self.serial.lock().unwrap_or_else(|e| e.into_inner()).save(),
+            vcpus,
+        })
+    }
+
+    /// Write a snapshot to `dir`. A running VM is paused for it and resumed afterwards, also
+    /// when the snapshot fails; a paused VM stays paused.
+    pub fn snapshot(&self, dir: &Path) -> Result<SnapshotResult, ControllerError> {
+        let t0 = Instant::now();
+        let was_paused = self.control.is_paused();
+        if !was_paused {
+            self.pause()?;
+        }
+        let result = self
+            .save_state()
+            .and_then(|state| Ok(snapshot::create(dir, &state, &self.mem, self.file_backed)?));
+        let pause = t0.elapsed();
+        if !was_paused {
+            self.resume();
+        }
+        Ok(SnapshotResult {
+            path: dir.display().to_string(),
+            pause_ms: pause.as_secs_f64() * 1e3,
+            total_ms: t0.elapsed().as_secs_f64() * 1e3,
+            stats: result?,
+        })
+    }
+}

@@ -1,0 +1,168 @@
+//! The memory file: guest RAM regions back to back, sparse (zero and untouched pages are holes),
+//! mapped lazily on restore.
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{
+    FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    GuestRegionMmap,
+};
+
+const PAGE: usize = 4096;
+
+/// Errors writing or mapping the memory file.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryFileError {
+    #[error("cannot {what} memory file {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("memory file {path} holds {found} bytes, the snapshot needs {want}: it is truncated or not from this snapshot")]
+    Size {
+        path: PathBuf,
+        found: u64,
+        want: u64,
+    },
+    #[error("cannot map memory file {path}: {detail}")]
+    Map { path: PathBuf, detail: String },
+}
+
+/// Write every region of `mem` into `path`. Only resident, non-zero pages are written; with
+/// `file_backed` (a restored VM whose memory maps an older snapshot) every page is checked, since
+/// pages it never touched are not resident yet still hold data.
+pub fn write(
+    path: &Path,
+    mem: &GuestMemoryMmap,
+    file_backed: bool,
+) -> Result<u64, MemoryFileError> {
+    let io = |what| {
+        move |source| MemoryFileError::Io {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
+    let f = std::fs::File::create(path).map_err(io("create"))?;
+    let total: u64 = mem.iter().map(|r| r.len()).sum();
+    f.set_len(total).map_err(io("size"))?;
+    let mut offset = 0u64;
+    let mut written = 0u64;
+    for region in mem.iter() {
+        let len = region.len() as usize;
+        let host = mem
+            .get_host_address(region.start_addr())
+            .map_err(|e| MemoryFileError::Map {
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            })?;
+        let resident = if file_backed {
+            vec![1u8; len / PAGE]
+        } else {
+            residency(host, len)
+        };
+        let mut page = 0;
+        while page < len / PAGE {
+            if resident[page] & 1 == 0 {
+                page += 1;
+                continue;
+            }
+            // Coalesce a run of resident pages and write its non-zero stretches.
+            let start = page;
+            while page < len / PAGE && resident[page] & 1 != 0 {
+                page += 1;
+            }
+            // SAFETY: [start, page) pages lie inside this region's live mapping; vCPUs are paused,
+            // so nothing writes the memory while we read it.
+            let run = unsafe {
+                std::slice::from_raw_parts(host.add(start * PAGE), (page - start) * PAGE)
+            };
+            for (i, chunk) in run.chunks(PAGE).enumerate() {
+                if chunk.iter().all(|&b| b == 0) {
+                    continue;
+                }
+                let at = offset + ((start + i) * PAGE) as u64;
+                f.write_all_at(chunk, at).map_err(io("write"))?;
+                written += PAGE as u64;
+            }
+        }
+        offset += len as u64;
+    }
+    f.sync_all().map_err(io("sync"))?;
+    Ok(written)
+}
+
+/// Which pages of `[host, host + len)` are resident (mincore); all of them if mincore fails.
+fn residency(host: *mut u8, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len.div_ceil(PAGE)];
+    // SAFETY: `host` is the page-aligned start of a mapping of `len` bytes and `v` has one byte
+    // per page, as mincore requires.
+    let r = unsafe { libc::mincore(host.cast(), len, v.as_mut_ptr()) };
+    if r != 0 {
+        v.fill(1);
+    }
+    v
+}
+
+/// Map `path` as guest memory with the given `(address, length)` ranges, copy-on-write and
+/// lazily: pages are read from the file when the guest first touches them. With `copy`, the
+/// file is read into fresh anonymous memory instead (the file may then go away).
+pub fn map(
+    path: &Path,
+    ranges: &[(GuestAddress, usize)],
+    copy: bool,
+) -> Result<GuestMemoryMmap, MemoryFileError> {
+    let io = |what| {
+        move |source| MemoryFileError::Io {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
+    let file = std::fs::File::open(path).map_err(io("open"))?;
+    let found = file.metadata().map_err(io("stat"))?.len();
+    let want: u64 = ranges.iter().map(|r| r.1 as u64).sum();
+    if found != want {
+        return Err(MemoryFileError::Size {
+            path: path.to_path_buf(),
+            found,
+            want,
+        });
+    }
+    let map_err = |e: String| MemoryFileError::Map {
+        path: path.to_path_buf(),
+        detail: e,
+    };
+    if copy {
+        let mem = GuestMemoryMmap::from_ranges(ranges).map_err(|e| map_err(e.to_string()))?;
+        let mut offset = 0u64;
+        for (addr, len) in ranges {
+            let host = mem
+                .get_host_address(*addr)
+                .map_err(|e| map_err(e.to_string()))?;
+            // SAFETY: `host` maps `len` bytes of guest memory that nothing else uses yet.
+            let buf = unsafe { std::slice::from_raw_parts_mut(host, *len) };
+            file.read_exact_at(buf, offset).map_err(io("read"))?;
+            offset += *len as u64;
+        }
+        return Ok(mem);
+    }
+    let mut regions = Vec::new();
+    let mut offset = 0u64;
+    for (addr, len) in ranges {
+        let f = file.try_clone().map_err(io("reopen"))?;
+        let mapping = MmapRegionBuilder::new(*len)
+            .with_file_offset(FileOffset::new(f, offset))
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+            .build()
+            .map_err(|e| map_err(e.to_string()))?;
+        let region = GuestRegionMmap::new(mapping, *addr)
+            .ok_or_else(|| map_err("region overflows the address space".into()))?;
+        regions.push(region);
+        offset += *len as u64;
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(|e| map_err(e.to_string()))
+}
