@@ -221,3 +221,103 @@ pub mod payload {
         f
     }
 }
+
+/// A VM running in the background (killed when dropped), its console captured to a file.
+pub struct BackgroundVm {
+    child: std::process::Child,
+    out: PathBuf,
+}
+
+impl BackgroundVm {
+    /// Start `plainvm <args>`, writing its stdout and stderr to `out`.
+    pub fn start(args: &[&str], out: &Path) -> Self {
+        let f = std::fs::File::create(out).expect("console capture file");
+        let child = Command::new(plainvm_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().expect("dup capture file"))
+            .stderr(f)
+            .spawn()
+            .expect("start plainvm");
+        Self {
+            child,
+            out: out.to_path_buf(),
+        }
+    }
+
+    /// Everything the VM printed so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    /// Wait until the output contains `text`; panics with the output after `limit`.
+    pub fn wait_for(&self, text: &str, limit: Duration) {
+        let start = Instant::now();
+        while !self.output().contains(text) {
+            assert!(
+                start.elapsed() < limit,
+                "'{text}' did not appear within {limit:?}:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait for the process to end (up to `limit`) and return its exit status.
+    pub fn wait(&mut self, limit: Duration) -> Option<i32> {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            if start.elapsed() > limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kill it now (SIGKILL).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for BackgroundVm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The highest `memwrite pass=N ok` the test guest printed in `output`.
+pub fn last_memwrite_pass(output: &str) -> u64 {
+    output
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("memwrite pass=")?
+                .strip_suffix(" ok")?
+                .parse()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// The first `memwrite pass=N ok` in `output`.
+pub fn first_memwrite_pass(output: &str) -> u64 {
+    output
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("memwrite pass=")?
+                .strip_suffix(" ok")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}

@@ -29,6 +29,8 @@ pub enum ControllerError {
     Vm(#[from] VmStateError),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    #[error("this VM has {0} virtio device(s); snapshots of VMs with virtio devices are not supported yet")]
+    DevicesUnsupported(usize),
 }
 
 /// One vCPU as the controller sees it.
@@ -49,6 +51,8 @@ pub struct VmController {
     pub control: Arc<VcpuControl>,
     pub serial: Arc<Mutex<SerialConsole>>,
     pub started: Instant,
+    /// Attached virtio devices (their state is not in snapshots yet).
+    pub virtio_devices: usize,
 }
 
 /// `GET /vm`.
@@ -115,6 +119,9 @@ impl VmController {
     /// Write a snapshot to `dir`. A running VM is paused for it and resumed afterwards, also
     /// when the snapshot fails; a paused VM stays paused.
     pub fn snapshot(&self, dir: &Path) -> Result<SnapshotResult, ControllerError> {
+        if self.virtio_devices > 0 {
+            return Err(ControllerError::DevicesUnsupported(self.virtio_devices));
+        }
         let t0 = Instant::now();
         let was_paused = self.control.is_paused();
         if !was_paused {

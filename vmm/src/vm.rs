@@ -238,6 +238,7 @@ pub fn run(cfg: &VmConfig, opts: RunOptions) -> Result<RunResult, VmError> {
         control: control.clone(),
         serial: serial.clone(),
         started,
+        virtio_devices: virtio.cmdline.len(),
     });
     if let Some(sock) = &opts.api_sock {
         api::server::start(sock, controller.clone())?;

@@ -1,0 +1,365 @@
+//! Unit tests of virtio-blk: valid requests, and hostile chains that must end in an error status
+//! or an ignored request (never a panic, a hang, or an access outside guest memory or the disk).
+
+use super::device::{for_test, Block};
+use super::{
+    RawFile, F_RO, S_IOERR, S_OK, S_UNSUPP, T_FLUSH, T_GET_ID, T_IN, T_OUT,
+};
+use crate::virtio::{Interrupt, VirtioDevice};
+use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+use virtio_queue::mock::MockSplitQueue;
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::tempfile::TempFile;
+
+const NEXT: u16 = 1;
+const WRITE: u16 = 2;
+const INDIRECT: u16 = 4;
+const MEM_SIZE: u64 = 0x10_0000;
+const QSIZE: u16 = 16;
+const HDR: u64 = 0x1_0000;
+const DATA: u64 = 0x2_0000;
+const STATUS: u64 = 0x3_0000;
+const DISK: u64 = 64 * 1024;
+
+struct Rig {
+    _file: TempFile,
+    path: std::path::PathBuf,
+    mem: GuestMemoryMmap,
+    dev: Block,
+    used_addr: GuestAddress,
+    avail_addr: GuestAddress,
+    seen_used: u16,
+}
+
+fn rig(read_only: bool) -> Rig {
+    let file = TempFile::new().unwrap();
+    file.as_file().set_len(DISK).unwrap();
+    let path = file.as_path().to_path_buf();
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap();
+    let backend = RawFile::open(&path, read_only).unwrap();
+    let mut dev = for_test(backend, "disk-one");
+    let vq = MockSplitQueue::new(&mem, QSIZE);
+    let queue = vq.create_queue().unwrap();
+    let used_addr = vq.used_addr();
+    let avail_addr = vq.avail_addr();
+    let irq = Interrupt::new(EventFd::new(0).unwrap());
+    dev.activate(mem.clone(), vec![queue], irq).unwrap();
+    Rig {
+        _file: file,
+        path,
+        mem,
+        dev,
+        used_addr,
+        avail_addr,
+        seen_used: 0,
+    }
+}
+
+fn d(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
+    RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
+}
+
+impl Rig {
+    fn header(&self, ty: u32, sector: u64) {
+        self.mem.write_obj(ty, GuestAddress(HDR)).unwrap();
+        self.mem.write_obj(0u32, GuestAddress(HDR + 4)).unwrap();
+        self.mem.write_obj(sector, GuestAddress(HDR + 8)).unwrap();
+        self.mem.write_obj(0xaau8, GuestAddress(STATUS)).unwrap();
+    }
+
+    /// Writes raw descriptors into table slots 0.. (their `next` fields used as given), makes
+    /// each chain head (slot 0 and every slot after one without NEXT) available, and runs the
+    /// device; returns the used elements (id, len) it produced.
+    fn submit_raw(&mut self, descs: &[RawDescriptor]) -> Vec<(u32, u32)> {
+        let mut avail_idx: u16 = self.mem.read_obj(self.avail_addr.unchecked_add(2)).unwrap();
+        for (i, desc) in descs.iter().enumerate() {
+            self.mem
+                .write_obj(*desc, GuestAddress(16 * i as u64))
+                .unwrap();
+            let head = i == 0 || SplitDescriptor::from(descs[i - 1]).flags() & NEXT == 0;
+            if head {
+                let at = 4 + 2 * u64::from(avail_idx % QSIZE);
+                self.mem
+                    .write_obj(i as u16, self.avail_addr.unchecked_add(at))
+                    .unwrap();
+                avail_idx = avail_idx.wrapping_add(1);
+            }
+        }
+        self.mem
+            .write_obj(avail_idx, self.avail_addr.unchecked_add(2))
+            .unwrap();
+        self.dev.process_queue();
+        let used_idx: u16 = self.mem.read_obj(self.used_addr.unchecked_add(2)).unwrap();
+        let mut out = Vec::new();
+        while self.seen_used != used_idx {
+            let at = 4 + 8 * u64::from(self.seen_used % QSIZE);
+            let id: u32 = self.mem.read_obj(self.used_addr.unchecked_add(at)).unwrap();
+            let len: u32 = self.mem.read_obj(self.used_addr.unchecked_add(at + 4)).unwrap();
+            out.push((id, len));
+            self.seen_used = self.seen_used.wrapping_add(1);
+        }
+        out
+    }
+
+    /// A well-formed chain header -> data... -> status, in descriptor slots 0.. .
+    fn submit(&mut self, data: &[(u64, u32, bool)]) -> Vec<(u32, u32)> {
+        let n = data.len() as u16 + 2;
+        let mut descs = vec![d(HDR, 16, NEXT, 1)];
+        for (i, &(addr, len, w)) in data.iter().enumerate() {
+            descs.push(d(addr, len, NEXT | if w { WRITE } else { 0 }, i as u16 + 2));
+        }
+        descs.push(d(STATUS, 1, WRITE, 0));
+        assert_eq!(descs.len(), usize::from(n));
+        self.submit_raw(&descs)
+    }
+
+    fn status(&self) -> u8 {
+        self.mem.read_obj(GuestAddress(STATUS)).unwrap()
+    }
+
+    fn disk(&self) -> Vec<u8> {
+        std::fs::read(&self.path).unwrap()
+    }
+}
+
+#[test]
+fn write_then_read_round_trip() {
+    let mut r = rig(false);
+    let pattern: Vec<u8> = (0..1024u32).map(|i| (i * 7) as u8).collect();
+    r.mem.write_slice(&pattern, GuestAddress(DATA)).unwrap();
+    r.header(T_OUT, 2);
+    // Two segments: 512 + 512 bytes.
+    let used = r.submit(&[(DATA, 512, false), (DATA + 512, 512, false)]);
+    assert_eq!(used, vec![(0, 1)]);
+    assert_eq!(r.status(), S_OK);
+    assert_eq!(&r.disk()[1024..2048], &pattern[..]);
+
+    r.header(T_IN, 2);
+    r.mem.write_slice(&[0u8; 1024], GuestAddress(DATA + 0x1000)).unwrap();
+    let used = r.submit(&[(DATA + 0x1000, 1024, true)]);
+    assert_eq!(used, vec![(0, 1025)]);
+    assert_eq!(r.status(), S_OK);
+    let mut back = vec![0u8; 1024];
+    r.mem.read_slice(&mut back, GuestAddress(DATA + 0x1000)).unwrap();
+    assert_eq!(back, pattern);
+
+    r.header(T_FLUSH, 0);
+    assert_eq!(r.submit(&[]), vec![(0, 1)]);
+    assert_eq!(r.status(), S_OK);
+    assert_eq!(r.dev.errors(), 0);
+}
+
+#[test]
+fn get_id_and_config() {
+    let mut r = rig(false);
+    r.header(T_GET_ID, 0);
+    let used = r.submit(&[(DATA, 20, true)]);
+    assert_eq!(used, vec![(0, 21)]);
+    let mut id = [0u8; 20];
+    r.mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
+    assert_eq!(&id[..8], b"disk-one");
+    assert!(id[8..].iter().all(|&b| b == 0));
+    let mut cap = [0u8; 8];
+    r.dev.read_config(0, &mut cap);
+    assert_eq!(u64::from_le_bytes(cap), DISK / 512);
+    assert_eq!(r.dev.features() & F_RO, 0);
+}
+
+#[test]
+fn read_only_disk_refuses_writes() {
+    let mut r = rig(true);
+    assert_ne!(r.dev.features() & F_RO, 0);
+    r.mem.write_slice(&[0x55u8; 512], GuestAddress(DATA)).unwrap();
+    r.header(T_OUT, 0);
+    assert_eq!(r.submit(&[(DATA, 512, false)]), vec![(0, 1)]);
+    assert_eq!(r.status(), S_IOERR);
+    assert!(r.disk().iter().all(|&b| b == 0), "the image changed");
+    r.header(T_IN, 0);
+    r.submit(&[(DATA, 512, true)]);
+    assert_eq!(r.status(), S_OK);
+    r.header(T_FLUSH, 0);
+    r.submit(&[]);
+    assert_eq!(r.status(), S_OK);
+}
+
+#[test]
+fn sectors_past_the_end_are_refused() {
+    let mut r = rig(false);
+    let last = DISK / 512 - 1;
+    for (sector, len) in [
+        (last, 1024u32),      // crosses the end
+        (last + 1, 512),      // starts at the end
+        (u64::MAX / 512, 512), // sector * 512 overflows past u64 after adding len
+        (u64::MAX, 512),      // sector * 512 overflows
+    ] {
+        r.header(T_IN, sector);
+        r.submit(&[(DATA, len, true)]);
+        assert_eq!(r.status(), S_IOERR, "sector {sector} len {len}");
+        r.header(T_OUT, sector);
+        r.submit(&[(DATA, len, false)]);
+        assert_eq!(r.status(), S_IOERR, "sector {sector} len {len}");
+    }
+    assert_eq!(r.disk().len() as u64, DISK, "the image grew");
+    r.header(T_IN, last);
+    r.submit(&[(DATA, 512, true)]);
+    assert_eq!(r.status(), S_OK);
+}
+
+#[test]
+fn wrong_directions_and_bad_lengths_are_io_errors() {
+    let mut r = rig(false);
+    // Read into a device-readable buffer.
+    r.header(T_IN, 0);
+    r.submit(&[(DATA, 512, false)]);
+    assert_eq!(r.status(), S_IOERR);
+    // Write from a device-writable buffer.
+    r.header(T_OUT, 0);
+    r.submit(&[(DATA, 512, true)]);
+    assert_eq!(r.status(), S_IOERR);
+    // Mixed directions.
+    r.header(T_IN, 0);
+    r.submit(&[(DATA, 512, true), (DATA + 512, 512, false)]);
+    assert_eq!(r.status(), S_IOERR);
+    // Not a multiple of the sector size.
+    r.header(T_IN, 0);
+    r.submit(&[(DATA, 100, true)]);
+    assert_eq!(r.status(), S_IOERR);
+    // Huge segment (4 GiB - 1).
+    r.header(T_IN, 0);
+    r.submit(&[(DATA, u32::MAX, true)]);
+    assert_eq!(r.status(), S_IOERR);
+    // get-id into a device-readable buffer.
+    r.header(T_GET_ID, 0);
+    r.submit(&[(DATA, 20, false)]);
+    assert_eq!(r.status(), S_IOERR);
+    // Unknown request type.
+    r.header(11, 0);
+    r.submit(&[(DATA, 512, false)]);
+    assert_eq!(r.status(), S_UNSUPP);
+}
+
+#[test]
+fn buffers_outside_guest_memory_are_io_errors() {
+    let mut r = rig(false);
+    r.mem.write_slice(&[0x77u8; 512], GuestAddress(DATA)).unwrap();
+    r.header(T_OUT, 0);
+    r.submit(&[(DATA, 512, false)]);
+    assert_eq!(r.status(), S_OK);
+    for addr in [MEM_SIZE, MEM_SIZE - 256, u64::MAX - 100, 0xd000_0000] {
+        r.header(T_IN, 0);
+        r.submit(&[(addr, 512, true)]);
+        assert_eq!(r.status(), S_IOERR, "read into {addr:#x}");
+        r.header(T_OUT, 1);
+        r.submit(&[(addr, 512, false)]);
+        assert_eq!(r.status(), S_IOERR, "write from {addr:#x}");
+    }
+    // Nothing reached sector 1.
+    assert!(r.disk()[512..1024].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn malformed_chains_are_dropped_or_refused() {
+    let mut r = rig(false);
+    // Header outside guest memory: status still reported.
+    r.mem.write_obj(0xaau8, GuestAddress(STATUS)).unwrap();
+    let used = r.submit_raw(&[d(MEM_SIZE + 4096, 16, NEXT, 1), d(STATUS, 1, WRITE, 0)]);
+    assert_eq!(used, vec![(0, 1)]);
+    assert_eq!(r.status(), S_IOERR);
+    // Header too short.
+    r.header(T_IN, 0);
+    r.submit_raw(&[d(HDR, 8, NEXT, 1), d(STATUS, 1, WRITE, 0)]);
+    assert_eq!(r.status(), S_IOERR);
+    // Header device-writable.
+    r.header(T_IN, 0);
+    r.submit_raw(&[d(HDR, 16, NEXT | WRITE, 1), d(STATUS, 1, WRITE, 0)]);
+    assert_eq!(r.status(), S_IOERR);
+    // A lone descriptor: no header.
+    r.header(T_IN, 0);
+    r.submit_raw(&[d(STATUS, 1, WRITE, 0)]);
+    assert_eq!(r.status(), S_IOERR);
+    // Status descriptor device-readable: nowhere to report, dropped with used len 0.
+    r.header(T_IN, 0);
+    let used = r.submit_raw(&[d(HDR, 16, NEXT, 1), d(STATUS, 1, 0, 0)]);
+    assert_eq!(used, vec![(0, 0)]);
+    assert_eq!(r.status(), 0xaa);
+    // Status outside guest memory: dropped.
+    r.header(T_FLUSH, 0);
+    let used = r.submit_raw(&[d(HDR, 16, NEXT, 1), d(u64::MAX, 1, WRITE, 0)]);
+    assert_eq!(used, vec![(0, 0)]);
+    // Zero-length status.
+    r.header(T_FLUSH, 0);
+    let used = r.submit_raw(&[d(HDR, 16, NEXT, 1), d(STATUS, 0, WRITE, 0)]);
+    assert_eq!(used, vec![(0, 0)]);
+    assert!(r.dev.errors() >= 7);
+    // The device still works afterwards.
+    r.header(T_FLUSH, 0);
+    r.submit(&[]);
+    assert_eq!(r.status(), S_OK);
+}
+
+#[test]
+fn looping_and_out_of_table_chains_end() {
+    let mut r = rig(false);
+    // 0 -> 1 -> 0 -> 1 ... : the chain iterator stops after the queue size.
+    r.header(T_IN, 0);
+    let used = r.submit_raw(&[d(HDR, 16, NEXT, 1), d(DATA, 512, NEXT | WRITE, 0)]);
+    assert_eq!(used.len(), 1);
+    // `next` beyond the table.
+    r.header(T_IN, 0);
+    let used = r.submit_raw(&[d(HDR, 16, NEXT, 200), d(STATUS, 1, WRITE, 0)]);
+    assert!(used.len() <= 2);
+    // Self-loop on the status descriptor.
+    r.header(T_IN, 0);
+    let used = r.submit_raw(&[d(HDR, 16, NEXT, 1), d(STATUS, 1, NEXT | WRITE, 1)]);
+    assert!(!used.is_empty());
+    // Indirect table outside memory, and a huge one.
+    r.header(T_IN, 0);
+    r.submit_raw(&[d(MEM_SIZE * 4, 16 * 8, INDIRECT, 0)]);
+    r.submit_raw(&[d(DATA, 0xfff0, INDIRECT, 0)]);
+    // Afterwards: still serving.
+    r.header(T_FLUSH, 0);
+    r.submit(&[]);
+    assert_eq!(r.status(), S_OK);
+}
+
+#[test]
+fn too_many_segments_are_refused() {
+    let mut r = rig(false);
+    // Indirect table with 200 data segments (more than seg_max).
+    let table = DATA + 0x1_0000;
+    let n = 202u16;
+    for i in 0..n {
+        let desc = match i {
+            0 => d(HDR, 16, NEXT, 1),
+            _ if i == n - 1 => d(STATUS, 1, WRITE, 0),
+            _ => d(DATA, 512, NEXT | WRITE, i + 1),
+        };
+        r.mem.write_obj(desc, GuestAddress(table + 16 * u64::from(i))).unwrap();
+    }
+    r.header(T_IN, 0);
+    r.submit_raw(&[d(table, 16 * u32::from(n), INDIRECT, 0)]);
+    assert_eq!(r.status(), S_IOERR);
+}
+
+#[test]
+fn garbage_avail_index_does_not_hang() {
+    let mut r = rig(false);
+    let vq = MockSplitQueue::new(&r.mem, QSIZE);
+    // avail.idx far ahead of what the device has seen: invalid, must not spin.
+    r.mem
+        .write_obj(0x8000u16, vq.avail_addr().unchecked_add(2))
+        .unwrap();
+    let start = std::time::Instant::now();
+    r.dev.process_queue();
+    assert!(start.elapsed() < std::time::Duration::from_secs(1));
+}
+
+#[test]
+fn bad_ids_are_refused() {
+    let tmp = TempFile::new().unwrap();
+    let e = Block::new(tmp.as_path(), false, Some("x".repeat(21).as_str()));
+    assert!(e.is_err());
+    let ok = Block::new(tmp.as_path(), false, Some("x".repeat(20).as_str())).unwrap();
+    assert_eq!(ok.capacity_sectors(), 0);
+}

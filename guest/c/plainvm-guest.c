@@ -1,0 +1,349 @@
+/* plainvm-guest: the guest side of the plainvm hypercall device (docs/hypercall.md) for 32-bit
+ * Linux guests. Drives the MMIO register page at 0xc0000000 through /dev/mem (CONFIG_DEVMEM=y,
+ * STRICT_DEVMEM off). The same subcommands as the x86_64 Rust agent in guest/agent; the constants
+ * mirror guest/proto/src (keep them in sync).
+ *
+ *   plainvm-guest mark <stage>            stage: init|userspace|ready|shutdown or a number
+ *   plainvm-guest poweroff [--code N]     sync, then POWER(off, N): plainvm exits with N
+ *   plainvm-guest reboot [--code N]       sync, then POWER(reboot, N)
+ *   plainvm-guest time-sync               set the clock from HOST_TIME
+ *   plainvm-guest watch [--interval MS]   announce the agent; follow GENERATION (resync the
+ *                                         clock), answer host REQUESTs, heartbeat, memory hint
+ *   plainvm-guest log <text...>           one line into the host log (rate-limited)
+ *   plainvm-guest heartbeat [--interval MS]
+ *   plainvm-guest version
+ */
+#define _GNU_SOURCE
+#define _FILE_OFFSET_BITS 64
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#define HC_BASE 0xc0000000ULL
+#define HC_MAGIC 0x4d564c50u /* "PLVM" little endian */
+#define HC_VERSION 1u
+
+#define R_MAGIC 0x00
+#define R_VERSION 0x04
+#define R_CALL 0x08
+#define R_STATUS 0x0c
+#define R_ARG0 0x10
+#define R_RET0 0x20
+#define R_GENERATION 0x30
+#define R_PENDING 0x34
+#define R_TEXT 0x100
+#define LOG_MAX 512
+
+enum { NR_VERSION, NR_BOOT_MARK, NR_POWER, NR_LOG, NR_HOST_TIME, NR_GENERATION, NR_MEM_HINT,
+       NR_HEARTBEAT, NR_REQUEST, NR_AGENT_HELLO, NR_LOG_TEXT };
+enum { REQ_NONE, REQ_POWER_OFF, REQ_REBOOT, REQ_TIME_SYNC };
+#define AGENT_POWER 1u
+#define AGENT_TIME_SYNC 2u
+
+static volatile uint32_t *page;
+
+static const char *describe(uint32_t status)
+{
+    switch (status) {
+    case 0: return "ok";
+    case 1: return "unknown call (is plainvm older than this helper?)";
+    case 2: return "invalid argument";
+    case 3: return "address outside guest RAM";
+    case 4: return "rate limited, try again later";
+    case 5: return "limit reached";
+    case 6: return "bad register access";
+    default: return "unknown status";
+    }
+}
+
+static uint32_t rd(unsigned off) { return page[off / 4]; }
+static void wr(unsigned off, uint32_t v) { page[off / 4] = v; }
+
+/* Map the device page and check the magic; exits with a message when it is not there. */
+static void open_device(void)
+{
+    int fd = open("/dev/mem", O_RDWR | O_SYNC);
+    if (fd < 0) {
+        fprintf(stderr, "plainvm-guest: cannot open /dev/mem: %s (needs root and CONFIG_DEVMEM)\n",
+                strerror(errno));
+        exit(1);
+    }
+    void *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)HC_BASE);
+    close(fd);
+    if (p == MAP_FAILED) {
+        fprintf(stderr, "plainvm-guest: cannot map the hypercall page at %#llx: %s\n",
+                HC_BASE, strerror(errno));
+        exit(1);
+    }
+    page = p;
+    if (rd(R_MAGIC) != HC_MAGIC) {
+        fprintf(stderr, "plainvm-guest: no plainvm hypercall device at %#llx (magic %#x): not running under plainvm?\n",
+                HC_BASE, rd(R_MAGIC));
+        exit(1);
+    }
+}
+
+/* Run call nr; returns the status, results in ret (may be NULL). */
+static uint32_t hc(uint32_t nr, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t ret[4])
+{
+    wr(R_ARG0, a0);
+    wr(R_ARG0 + 4, a1);
+    wr(R_ARG0 + 8, a2);
+    wr(R_ARG0 + 12, 0);
+    wr(R_CALL, nr);
+    uint32_t s = rd(R_STATUS);
+    if (ret)
+        for (int i = 0; i < 4; i++)
+            ret[i] = s == 0 ? rd(R_RET0 + 4 * i) : 0;
+    return s;
+}
+
+static int fail(const char *what, uint32_t status)
+{
+    fprintf(stderr, "plainvm-guest: %s failed: %s\n", what, describe(status));
+    return 1;
+}
+
+static int parse_u32(const char *s, uint32_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul(s, &end, 10);
+    if (!*s || *end || errno || v > 0xffffffffUL)
+        return -1;
+    *out = (uint32_t)v;
+    return 0;
+}
+
+/* "--code N" / "--interval N" style option; returns -1 on a bad or unknown argument. */
+static int option(int argc, char **argv, const char *name, uint32_t *val)
+{
+    for (int i = 2; i < argc; i++) {
+        if (strcmp(argv[i], name) == 0 && i + 1 < argc) {
+            if (parse_u32(argv[i + 1], val)) {
+                fprintf(stderr, "plainvm-guest: %s wants a number, got '%s'\n", name, argv[i + 1]);
+                return -1;
+            }
+            i++;
+        } else {
+            fprintf(stderr, "plainvm-guest: unexpected argument '%s'\n", argv[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int do_mark(const char *stage)
+{
+    static const char *names[] = { "init", "userspace", "ready", "shutdown" };
+    uint32_t n = 0;
+    for (unsigned i = 0; i < 4; i++)
+        if (strcmp(stage, names[i]) == 0)
+            n = i + 1;
+    if (!n && parse_u32(stage, &n)) {
+        fprintf(stderr, "plainvm-guest: mark: unknown stage '%s' (init, userspace, ready, shutdown or a number)\n", stage);
+        return 1;
+    }
+    uint32_t s = hc(NR_BOOT_MARK, n, 0, 0, NULL);
+    return s ? fail("mark", s) : 0;
+}
+
+static int do_power(int reboot, uint32_t code)
+{
+    if (code > 255) {
+        fprintf(stderr, "plainvm-guest: exit code %u is out of range 0..255\n", code);
+        return 1;
+    }
+    sync();
+    uint32_t s = hc(NR_POWER, reboot ? 1 : 0, code, 0, NULL);
+    return fail(reboot ? "reboot" : "poweroff", s);
+}
+
+static int do_time_sync(void)
+{
+    uint32_t r[4];
+    uint32_t s = hc(NR_HOST_TIME, 0, 0, 0, r);
+    if (s)
+        return fail("time-sync", s);
+    struct timespec before, host = { .tv_sec = (time_t)r[0], .tv_nsec = (long)r[2] };
+    if (r[1] != 0 || (uint64_t)host.tv_sec != r[0]) {
+        fprintf(stderr, "plainvm-guest: time-sync: host time %u:%u does not fit this guest's time_t\n", r[1], r[0]);
+        return 1;
+    }
+    clock_gettime(CLOCK_REALTIME, &before);
+    if (clock_settime(CLOCK_REALTIME, &host)) {
+        fprintf(stderr, "plainvm-guest: time-sync: cannot set the clock: %s\n", strerror(errno));
+        return 1;
+    }
+    printf("plainvm-guest: time-sync: clock set to %lld.%03ld (was %lld, off by %lld s)\n",
+           (long long)host.tv_sec, host.tv_nsec / 1000000, (long long)before.tv_sec,
+           (long long)host.tv_sec - (long long)before.tv_sec);
+    fflush(stdout);
+    return 0;
+}
+
+static int do_log(int argc, char **argv)
+{
+    char text[LOG_MAX];
+    size_t n = 0;
+    for (int i = 2; i < argc && n < LOG_MAX; i++) {
+        if (i > 2)
+            text[n++] = ' ';
+        size_t l = strlen(argv[i]);
+        if (l > LOG_MAX - n)
+            l = LOG_MAX - n;
+        memcpy(text + n, argv[i], l);
+        n += l;
+    }
+    if (n == 0) {
+        fprintf(stderr, "plainvm-guest: log: give the text to log\n");
+        return 1;
+    }
+    /* Copy into the TEXT window one 32-bit word at a time (MMIO). */
+    for (size_t i = 0; i < n; i += 4) {
+        uint32_t w = 0;
+        memcpy(&w, text + i, n - i < 4 ? n - i : 4);
+        wr(R_TEXT + i, w);
+    }
+    uint32_t s = hc(NR_LOG_TEXT, (uint32_t)n, 0, 0, NULL);
+    return s ? fail("log", s) : 0;
+}
+
+static uint64_t free_kib(void)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[128];
+    unsigned long long kib = 0;
+    if (!f)
+        return 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %llu kB", &kib) == 1)
+            break;
+    fclose(f);
+    return kib;
+}
+
+/* Graceful power-off for a host request: ask every process to stop, give them a moment, sync. */
+static int graceful(int reboot, uint32_t code)
+{
+    printf("plainvm-guest: host asked to %s (code %u): stopping processes\n",
+           reboot ? "reboot" : "power off", code);
+    fflush(stdout);
+    signal(SIGTERM, SIG_IGN);
+    kill(-1, SIGTERM);
+    usleep(500 * 1000);
+    return do_power(reboot, code);
+}
+
+static int do_watch(uint32_t interval_ms)
+{
+    if (interval_ms < 20 || interval_ms > 60000) {
+        fprintf(stderr, "plainvm-guest: watch: --interval must be 20..60000 ms\n");
+        return 1;
+    }
+    uint32_t r[4];
+    uint32_t s = hc(NR_AGENT_HELLO, AGENT_POWER | AGENT_TIME_SYNC, 0, 0, r);
+    if (s)
+        return fail("watch: announce", s);
+    uint32_t gen = rd(R_GENERATION);
+    printf("plainvm-guest: watching (generation %u, every %u ms)\n", gen, interval_ms);
+    fflush(stdout);
+    do_time_sync();
+    /* The VMM reports us when we are silent for 5 polls (at least 1 s). */
+    uint32_t beat = interval_ms * 5 < 1000 ? 1000 : interval_ms * 5;
+    for (unsigned long n = 0;; n++) {
+        hc(NR_HEARTBEAT, beat, 0, 0, NULL);
+        if (n % 30 == 0) {
+            uint64_t kib = free_kib();
+            if (kib)
+                hc(NR_MEM_HINT, (uint32_t)kib, (uint32_t)(kib >> 32), 0, NULL);
+        }
+        uint32_t g = rd(R_GENERATION);
+        if (g != gen) {
+            printf("plainvm-guest: generation %u -> %u: resyncing the clock\n", gen, g);
+            gen = g;
+            do_time_sync();
+        }
+        while (rd(R_PENDING) != 0) {
+            if (hc(NR_REQUEST, 0, 0, 0, r) || r[0] == REQ_NONE)
+                break;
+            switch (r[0]) {
+            case REQ_POWER_OFF: return graceful(0, r[1]);
+            case REQ_REBOOT: return graceful(1, r[1]);
+            case REQ_TIME_SYNC: do_time_sync(); break;
+            default:
+                fprintf(stderr, "plainvm-guest: ignoring unknown host request %u\n", r[0]);
+            }
+        }
+        usleep(interval_ms * 1000);
+    }
+}
+
+static int usage(void)
+{
+    fprintf(stderr,
+            "usage: plainvm-guest mark <stage> | poweroff [--code N] | reboot [--code N] | time-sync |\n"
+            "       watch [--interval MS] | log <text...> | heartbeat [--interval MS] | version\n");
+    return 2;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2)
+        return usage();
+    const char *cmd = argv[1];
+    uint32_t val;
+    if (strcmp(cmd, "mark") == 0) {
+        if (argc != 3)
+            return usage();
+        open_device();
+        return do_mark(argv[2]);
+    }
+    if (strcmp(cmd, "poweroff") == 0 || strcmp(cmd, "reboot") == 0) {
+        val = 0;
+        if (option(argc, argv, "--code", &val))
+            return 2;
+        open_device();
+        return do_power(cmd[0] == 'r', val);
+    }
+    if (strcmp(cmd, "time-sync") == 0 && argc == 2) {
+        open_device();
+        return do_time_sync();
+    }
+    if (strcmp(cmd, "watch") == 0) {
+        val = 1000;
+        if (option(argc, argv, "--interval", &val))
+            return 2;
+        open_device();
+        return do_watch(val);
+    }
+    if (strcmp(cmd, "log") == 0) {
+        open_device();
+        return do_log(argc, argv);
+    }
+    if (strcmp(cmd, "heartbeat") == 0) {
+        val = 10000;
+        if (option(argc, argv, "--interval", &val))
+            return 2;
+        open_device();
+        uint32_t s = hc(NR_HEARTBEAT, val, 0, 0, NULL);
+        return s ? fail("heartbeat", s) : 0;
+    }
+    if (strcmp(cmd, "version") == 0 && argc == 2) {
+        open_device();
+        uint32_t r[4];
+        uint32_t s = hc(NR_VERSION, 0, 0, 0, r);
+        if (s)
+            return fail("version", s);
+        printf("plainvm hypercall interface version %u, calls %#x\n", r[0], r[1]);
+        return 0;
+    }
+    return usage();
+}

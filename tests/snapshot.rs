@@ -1,0 +1,297 @@
+//! Control API (pause, resume, info), snapshots and restore, with the ring-3 test guest's
+//! memory-writing workload as the witness that the guest cannot tell it was stopped.
+
+use plainvm_tests::*;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(30);
+
+fn api(cmd: &str, sock: &Path, extra: &[&str]) -> Outcome {
+    let mut args = vec![cmd, "--api-sock", sock.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    plainvm(&args, Duration::from_secs(60))
+}
+
+#[test]
+fn pause_stops_the_guest_and_resume_continues() {
+    let dir = scratch("pause");
+    let sock = dir.join("api.sock");
+    let vm = BackgroundVm::start(
+        &[
+            "run",
+            "--api-sock",
+            sock.to_str().unwrap(),
+            "--cmdline",
+            "memwrite=16 passes=0",
+        ],
+        &dir.join("console"),
+    );
+    vm.wait_for("memwrite pass=10 ok", T);
+    let o = api("pause", &sock, &[]);
+    assert_eq!(o.status, Some(0), "{}", o.dump());
+    assert!(o.stdout.contains("\"Paused\""), "{}", o.dump());
+    std::thread::sleep(Duration::from_millis(300));
+    let before = last_memwrite_pass(&vm.output());
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(
+        last_memwrite_pass(&vm.output()),
+        before,
+        "guest ran while paused"
+    );
+    let o = api("info", &sock, &[]);
+    assert!(o.stdout.contains("\"Paused\""), "{}", o.dump());
+    let o = api("resume", &sock, &[]);
+    assert!(o.stdout.contains("\"Running\""), "{}", o.dump());
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(last_memwrite_pass(&vm.output()) > before, "{}", vm.output());
+    assert!(!vm.output().contains("CORRUPT"), "{}", vm.output());
+}
+
+#[test]
+fn snapshot_restores_twice_in_new_processes_with_memory_intact() {
+    let dir = scratch("snap");
+    let sock = dir.join("api.sock");
+    let snap = dir.join("snap");
+    let mut vm = BackgroundVm::start(
+        &[
+            "run",
+            "--api-sock",
+            sock.to_str().unwrap(),
+            "--cpus",
+            "2",
+            "--cmdline",
+            "memwrite=16 passes=400",
+        ],
+        &dir.join("console"),
+    );
+    vm.wait_for("memwrite pass=10 ok", T);
+    let o = api("snapshot", &sock, &["--path", snap.to_str().unwrap()]);
+    assert_eq!(o.status, Some(0), "{}", o.dump());
+    let at = last_memwrite_pass(&vm.output());
+    // The source keeps running after the snapshot, then goes away.
+    assert_eq!(vm.wait(T), Some(0), "{}", vm.output());
+    assert!(vm.output().contains("MEMWRITE-DONE passes=400"));
+    drop(vm);
+
+    // Sparse memory file: a 128 MiB guest that wrote ~16 MiB.
+    let meta = std::fs::metadata(snap.join("memory")).unwrap();
+    assert_eq!(meta.len(), 128 << 20);
+    let on_disk = std::os::unix::fs::MetadataExt::blocks(&meta) * 512;
+    assert!(
+        on_disk < 24 << 20,
+        "memory file uses {on_disk} bytes on disk"
+    );
+
+    for _ in 0..2 {
+        let o = plainvm(&["restore", snap.to_str().unwrap()], T);
+        assert_eq!(o.status, Some(0), "{}", o.dump());
+        // It continues where the snapshot was taken, with every page's contents checked.
+        let first = first_memwrite_pass(&o.stdout);
+        assert!(
+            first >= at && first <= at + 20,
+            "first pass {first} after snapshot at {at}: {}",
+            o.dump()
+        );
+        assert!(
+            o.stdout.contains("MEMWRITE-DONE passes=400"),
+            "{}",
+            o.dump()
+        );
+        assert!(!o.stdout.contains("CORRUPT"), "{}", o.dump());
+        assert!(
+            !o.stdout.contains("hello from vCPU"),
+            "the guest booted again: {}",
+            o.dump()
+        );
+    }
+}
+
+/// Copy a snapshot directory (state and memory files).
+fn copy_snapshot(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in ["state", "memory"] {
+        std::fs::copy(from.join(f), to.join(f)).unwrap();
+    }
+}
+
+fn refused_restore(dir: &Path, needle: &str) {
+    let o = plainvm(&["restore", dir.to_str().unwrap()], T);
+    assert!(matches!(o.status, Some(s) if s != 0), "{}", o.dump());
+    assert!(
+        o.stderr.contains(needle),
+        "expected '{needle}': {}",
+        o.dump()
+    );
+    assert!(!o.stderr.contains("panicked"), "{}", o.dump());
+    assert!(!o.stdout.contains("memwrite"), "a VM ran: {}", o.dump());
+}
+
+#[test]
+fn corrupt_truncated_and_foreign_snapshots_are_refused() {
+    let dir = scratch("refuse");
+    let sock = dir.join("api.sock");
+    let snap = dir.join("good");
+    let _vm = BackgroundVm::start(
+        &[
+            "run",
+            "--api-sock",
+            sock.to_str().unwrap(),
+            "--cmdline",
+            "memwrite=4 passes=0",
+        ],
+        &dir.join("console"),
+    );
+    let vm = &_vm;
+    vm.wait_for("memwrite pass=3 ok", T);
+    let o = api("snapshot", &sock, &["--path", snap.to_str().unwrap()]);
+    assert_eq!(o.status, Some(0), "{}", o.dump());
+    let state = std::fs::read(snap.join("state")).unwrap();
+
+    let bad = dir.join("truncated");
+    copy_snapshot(&snap, &bad);
+    std::fs::write(bad.join("state"), &state[..state.len() / 2]).unwrap();
+    refused_restore(&bad, "truncated or corrupted");
+
+    let bad = dir.join("flipped");
+    copy_snapshot(&snap, &bad);
+    let mut s = state.clone();
+    let mid = s.len() / 2;
+    s[mid] ^= 0x40;
+    std::fs::write(bad.join("state"), &s).unwrap();
+    refused_restore(&bad, "truncated or corrupted");
+
+    let bad = dir.join("version");
+    copy_snapshot(&snap, &bad);
+    let mut s = state.clone();
+    s[8..12].copy_from_slice(&99u32.to_le_bytes());
+    std::fs::write(bad.join("state"), &s).unwrap();
+    refused_restore(&bad, "format version 99");
+
+    let bad = dir.join("not-a-snapshot");
+    copy_snapshot(&snap, &bad);
+    std::fs::write(bad.join("state"), b"hello").unwrap();
+    refused_restore(&bad, "not a plainvm snapshot");
+
+    let bad = dir.join("short-memory");
+    copy_snapshot(&snap, &bad);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(bad.join("memory"))
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    refused_restore(&bad, "truncated");
+
+    refused_restore(&dir.join("missing"), "cannot open state file");
+
+    // A guest that saw a CPU feature this host's KVM does not have.
+    let bad = dir.join("cpuid");
+    copy_snapshot(&snap, &bad);
+    let mut st = plainvm::snapshot::load_state(&snap).unwrap();
+    let kvm = kvm_ioctls::Kvm::new().unwrap();
+    let host = plainvm::cpuid::supported(&kvm).unwrap();
+    let leaf7 = host
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 7 && e.index == 0)
+        .map_or(0, |e| e.ebx);
+    let absent = (0..32).map(|b| 1u32 << b).find(|b| leaf7 & b == 0).unwrap();
+    for e in st.vcpus[0].cpuid.iter_mut() {
+        if e.function == 7 && e.index == 0 {
+            e.ebx |= absent;
+        }
+    }
+    plainvm::snapshot::state_file::write(&bad.join("state"), &st).unwrap();
+    refused_restore(&bad, "CPU features this host lacks");
+}
+
+/// Send one raw HTTP request to the API socket; returns (status line, body).
+fn raw_http(sock: &Path, req: &str) -> (String, String) {
+    let mut s = UnixStream::connect(sock).unwrap();
+    s.write_all(req.as_bytes()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+#[test]
+fn failed_snapshots_change_nothing_and_bad_requests_get_json_errors() {
+    let dir = scratch("fail");
+    let sock = dir.join("api.sock");
+    let vm = BackgroundVm::start(
+        &[
+            "run",
+            "--api-sock",
+            sock.to_str().unwrap(),
+            "--cmdline",
+            "memwrite=32 passes=0",
+        ],
+        &dir.join("console"),
+    );
+    vm.wait_for("memwrite pass=3 ok", T);
+
+    // A full disk: a 4 MiB tmpfs cannot hold 32 MiB of guest memory.
+    let full = dir.join("full");
+    std::fs::create_dir_all(&full).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=4m",
+            "tmpfs",
+            full.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap()
+        .success();
+    assert!(mounted, "cannot mount a tmpfs (tests run as root)");
+    let o = api(
+        "snapshot",
+        &sock,
+        &["--path", full.join("snap").to_str().unwrap()],
+    );
+    let entries = std::fs::read_dir(&full).unwrap().count();
+    let _ = std::process::Command::new("umount").arg(&full).status();
+    assert_ne!(o.status, Some(0), "{}", o.dump());
+    assert!(o.stderr.contains("No space left"), "{}", o.dump());
+    assert_eq!(entries, 0, "a partial snapshot was left behind");
+
+    // An existing directory is not overwritten.
+    let o = api("snapshot", &sock, &["--path", dir.to_str().unwrap()]);
+    assert_ne!(o.status, Some(0), "{}", o.dump());
+    assert!(o.stderr.contains("already exists"), "{}", o.dump());
+
+    // The VM kept running through both.
+    let o = api("info", &sock, &[]);
+    assert!(o.stdout.contains("\"Running\""), "{}", o.dump());
+    let before = last_memwrite_pass(&vm.output());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(last_memwrite_pass(&vm.output()) > before, "{}", vm.output());
+
+    let (status, body) = raw_http(
+        &sock,
+        "PATCH /vm HTTP/1.1\r\nConnection: close\r\nContent-Length: 19\r\n\r\n{\"state\":\"Asleep\"}\n",
+    );
+    assert!(status.contains("400"), "{status} {body}");
+    assert!(body.contains("\"error\""), "{body}");
+    let (status, body) = raw_http(&sock, "GET /nothing HTTP/1.1\r\nConnection: close\r\n\r\n");
+    assert!(status.contains("404"), "{status} {body}");
+    let (status, body) = raw_http(
+        &sock,
+        "PUT /snapshot/create HTTP/1.1\r\nConnection: close\r\nContent-Length: 5\r\n\r\n{oops",
+    );
+    assert!(status.contains("400"), "{status} {body}");
+    assert!(body.contains("not JSON"), "{body}");
+    let o = plainvm(&["info", "--api-sock", "/nonexistent/api.sock"], T);
+    assert_ne!(o.status, Some(0));
+    assert!(
+        o.stderr.contains("cannot reach the VM's API socket"),
+        "{}",
+        o.dump()
+    );
+}
