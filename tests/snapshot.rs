@@ -295,3 +295,79 @@ fn failed_snapshots_change_nothing_and_bad_requests_get_json_errors() {
         o.dump()
     );
 }
+
+#[test]
+fn diff_snapshots_hold_only_written_pages_and_restore_through_their_chain() {
+    let dir = scratch("diff");
+    let sock = dir.join("api.sock");
+    let vm = BackgroundVm::start(
+        &[
+            "run",
+            "--api-sock",
+            sock.to_str().unwrap(),
+            "--memory",
+            "256M",
+            "--cmdline",
+            "memwrite=64 passes=0 dirty=32",
+        ],
+        &dir.join("console"),
+    );
+    vm.wait_for("memwrite pass=10 ok", T);
+    let snap = |name: &str, diff: bool| {
+        let p = dir.join(name);
+        let mut args = vec!["--path", p.to_str().unwrap()];
+        if diff {
+            args.push("--diff");
+        }
+        let o = api("snapshot", &sock, &args);
+        assert_eq!(o.status, Some(0), "{}", o.dump());
+        let written: u64 = o
+            .stdout
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("\"memory_bytes_written\": ")?
+                    .trim_end_matches(',')
+                    .parse()
+                    .ok()
+            })
+            .unwrap();
+        (p, written)
+    };
+    let o = api(
+        "snapshot",
+        &sock,
+        &["--diff", "--path", dir.join("early").to_str().unwrap()],
+    );
+    assert!(o.stderr.contains("needs a full snapshot"), "{}", o.dump());
+    let (_full, _) = snap("full", false);
+    std::thread::sleep(Duration::from_millis(200));
+    let (_d1, w1) = snap("diff1", true);
+    std::thread::sleep(Duration::from_millis(200));
+    let (d2, w2) = snap("diff2", true);
+    let at = last_memwrite_pass(&vm.output());
+    drop(vm);
+    // The workload writes 32 pages per pass; page tables and stack add a few.
+    for w in [w1, w2] {
+        assert!(w <= 64 * 4096, "a diff snapshot wrote {w} bytes");
+    }
+    let o = plainvm(&["restore", d2.to_str().unwrap()], Duration::from_secs(3));
+    assert_eq!(
+        o.status,
+        None,
+        "the restored guest runs until killed: {}",
+        o.dump()
+    );
+    let first = first_memwrite_pass(&o.stdout);
+    assert!(
+        first >= at,
+        "restored at pass {first}, snapshot at {at}: {}",
+        o.dump()
+    );
+    assert!(last_memwrite_pass(&o.stdout) > first + 10, "{}", o.dump());
+    assert!(!o.stdout.contains("CORRUPT"), "{}", o.dump());
+
+    // Without its parent, a diff snapshot is refused.
+    std::fs::remove_dir_all(dir.join("diff1")).unwrap();
+    refused_restore(&d2, "diff1");
+}

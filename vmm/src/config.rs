@@ -50,6 +50,8 @@ pub enum ConfigError {
         tap: String,
         source: plainvm_devices::virtio::net::mac::MacError,
     },
+    #[error(transparent)]
+    Disk(#[from] crate::disks::DiskConfigError),
 }
 
 /// Which CPUID template the guest sees.
@@ -92,6 +94,8 @@ pub struct FileConfig {
     pub rng: Option<bool>,
     /// virtio-net devices, each over a host tap.
     pub nets: Option<Vec<NetConfig>>,
+    /// virtio-blk disks, in order (the first is /dev/vda).
+    pub disks: Option<Vec<crate::disks::DiskConfig>>,
 }
 
 /// A validated VM configuration.
@@ -107,6 +111,7 @@ pub struct VmConfig {
     pub cpu_template: CpuTemplate,
     pub rng: bool,
     pub nets: Vec<NetDevice>,
+    pub disks: Vec<crate::disks::DiskConfig>,
 }
 
 /// One virtio-net device as written: `--net tap=NAME[,mac=..]` or `{"tap": "NAME", "mac": ".."}`.
@@ -166,6 +171,7 @@ impl FileConfig {
             cpu_template: over.cpu_template.or(self.cpu_template),
             rng: over.rng.or(self.rng),
             nets: over.nets.or(self.nets),
+            disks: over.disks.or(self.disks),
         }
     }
 
@@ -194,6 +200,8 @@ impl FileConfig {
                 return Err(ConfigError::CmdlineNul);
             }
         }
+        let disks = self.disks.unwrap_or_default();
+        disks.iter().try_for_each(crate::disks::check)?;
         Ok(VmConfig {
             kernel: self.kernel,
             initrd: self.initrd,
@@ -203,6 +211,7 @@ impl FileConfig {
             cpu_template: self.cpu_template.unwrap_or_default(),
             rng: self.rng.unwrap_or(false),
             nets: validate_nets(self.nets.unwrap_or_default())?,
+            disks,
         })
     }
 }

@@ -1,7 +1,8 @@
 //! What can be done to a running VM from outside: info, pause, resume, snapshot.
 
 use crate::config::VmConfig;
-use crate::snapshot::{self, SnapshotError, SnapshotStats};
+use crate::memory_slots::{MemorySlots, SlotError};
+use crate::snapshot::{self, MemoryContent, SnapshotError, SnapshotStats};
 use crate::vcpu::lock;
 use crate::vcpu_control::{ControlError, VcpuControl};
 use crate::vcpu_state::{VcpuState, VcpuStateError};
@@ -11,6 +12,7 @@ use kvm_ioctls::{VcpuFd, VmFd};
 use plainvm_devices::serial::SerialConsole;
 use serde::Serialize;
 use std::path::Path;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vm_memory::GuestMemoryMmap;
@@ -29,6 +31,10 @@ pub enum ControllerError {
     Vm(#[from] VmStateError),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Slots(#[from] SlotError),
+    #[error("a diff snapshot needs a full snapshot of this VM first (or a VM restored from one)")]
+    NoBase,
     #[error("this VM has {0} virtio device(s); snapshots of VMs with virtio devices are not supported yet")]
     DevicesUnsupported(usize),
 }
@@ -41,6 +47,9 @@ pub struct VcpuHandle {
 
 /// A running VM's parts that control operations need.
 pub struct VmController {
+    pub slots: Mutex<MemorySlots>,
+    /// The last snapshot taken (or restored from): the parent of the next diff snapshot.
+    pub last_snapshot: Mutex<Option<PathBuf>>,
     pub vm: Arc<VmFd>,
     pub mem: GuestMemoryMmap,
     /// Guest memory maps an older snapshot's memory file (restored lazily).
@@ -53,6 +62,55 @@ pub struct VmController {
     pub started: Instant,
     /// Attached virtio devices (their state is not in snapshots yet).
     pub virtio_devices: usize,
+}
+
+impl VmController {
+    fn write_snapshot(
+        &self,
+        dir: &Path,
+        state: &VmState,
+        diff: bool,
+    ) -> Result<SnapshotStats, ControllerError> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = self.last_snapshot.lock().unwrap_or_else(|e| e.into_inner());
+        let stats = if diff {
+            let parent = last.clone().ok_or(ControllerError::NoBase)?;
+            if !slots.dirty_logging() {
+                return Err(ControllerError::NoBase);
+            }
+            let dirty = slots.take_dirty(&self.vm)?;
+            let r = snapshot::create(
+                dir,
+                state,
+                &self.mem,
+                MemoryContent::Diff {
+                    dirty: &dirty,
+                    parent: &parent,
+                },
+            );
+            if r.is_err() {
+                // The pages taken from the log are not in any snapshot: the next diff must not
+                // build on this chain.
+                *last = None;
+            }
+            r?
+        } else {
+            let stats = snapshot::create(
+                dir,
+                state,
+                &self.mem,
+                MemoryContent::Full {
+                    file_backed: self.file_backed,
+                },
+            )?;
+            // From here on the log records what the next diff snapshot needs.
+            slots.set_dirty_logging(&self.vm, true)?;
+            slots.take_dirty(&self.vm)?;
+            stats
+        };
+        *last = Some(std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf()));
+        Ok(stats)
+    }
 }
 
 /// `GET /vm`.
@@ -116,9 +174,10 @@ impl VmController {
         })
     }
 
-    /// Write a snapshot to `dir`. A running VM is paused for it and resumed afterwards, also
-    /// when the snapshot fails; a paused VM stays paused.
-    pub fn snapshot(&self, dir: &Path) -> Result<SnapshotResult, ControllerError> {
+    /// Write a snapshot to `dir` (with `diff`, only the pages written since the last snapshot).
+    /// A running VM is paused for it and resumed afterwards, also when the snapshot fails; a
+    /// paused VM stays paused.
+    pub fn snapshot(&self, dir: &Path, diff: bool) -> Result<SnapshotResult, ControllerError> {
         if self.virtio_devices > 0 {
             return Err(ControllerError::DevicesUnsupported(self.virtio_devices));
         }
@@ -129,7 +188,7 @@ impl VmController {
         }
         let result = self
             .save_state()
-            .and_then(|state| Ok(snapshot::create(dir, &state, &self.mem, self.file_backed)?));
+            .and_then(|state| self.write_snapshot(dir, &state, diff));
         let pause = t0.elapsed();
         if !was_paused {
             self.resume();

@@ -194,7 +194,6 @@ impl Watch {
     }
 
     fn on_tick(&mut self) {
-        let _ = self.timer.wait();
         let now = Instant::now();
         if let Some(HeartbeatEvent::Missed { silent, interval }) = self.state.check_heartbeat(now) {
             eprintln!(
@@ -222,6 +221,8 @@ impl MutEventSubscriber for Watch {
         if events.fd() == self.sigterm.as_raw_fd() {
             self.on_sigterm();
         } else {
+            // Readable, so this does not block: it consumes the expirations.
+            let _ = self.timer.wait();
             self.on_tick();
         }
     }
@@ -262,5 +263,43 @@ mod tests {
         w(&bus, proto::regs::CALL, proto::nr::POWER);
         assert!(exit.is_requested());
         assert_eq!(exit.reason(), ExitReason::GuestCode(9));
+    }
+
+    fn watch(state: &Arc<HypercallState>, exit: &Arc<ExitSignal>) -> Watch {
+        Watch {
+            state: state.clone(),
+            exit: exit.clone(),
+            sigterm: EventFd::new(EFD_NONBLOCK).unwrap(),
+            timer: TimerFd::new().unwrap(),
+            deadline: None,
+        }
+    }
+
+    /// SIGTERM with a listening agent posts a power-off; if the guest ignores it, the deadline
+    /// stops the VM. Without an agent, SIGTERM stops it at once.
+    #[test]
+    fn sigterm_posts_a_power_off_then_forces_exit_at_the_deadline() {
+        let state = Arc::new(HypercallState::default());
+        let exit = Arc::new(ExitSignal::new().unwrap());
+        let mut w = watch(&state, &exit);
+        state.announce_agent(proto::agent::POWER);
+        w.on_sigterm();
+        assert!(!exit.is_requested());
+        assert_eq!(
+            state.take_request().map(|r| r.kind),
+            Some(RequestKind::PowerOff { code: 0 })
+        );
+        w.on_tick();
+        assert!(!exit.is_requested(), "the deadline has not passed");
+        w.deadline = Some(Instant::now() - Duration::from_millis(1));
+        w.on_tick();
+        assert!(matches!(exit.reason(), ExitReason::Crash(m) if m.contains("did not power off")));
+
+        let state = Arc::new(HypercallState::default());
+        let exit = Arc::new(ExitSignal::new().unwrap());
+        state.announce_agent(proto::agent::TIME_SYNC);
+        watch(&state, &exit).on_sigterm();
+        assert!(matches!(exit.reason(), ExitReason::Crash(m) if m.contains("no guest agent")));
+        assert_eq!(state.pending(), 0);
     }
 }

@@ -42,6 +42,9 @@ enum Command {
         /// The snapshot directory to create.
         #[arg(long)]
         path: PathBuf,
+        /// Only the memory pages written since the last snapshot (restoring it needs that one).
+        #[arg(long)]
+        diff: bool,
     },
     /// Write the bundled test guest ELF to a file (to run it elsewhere, e.g. under QEMU).
     ExportTestguest {
@@ -106,6 +109,10 @@ struct RunArgs {
     /// may be repeated. Without mac= a locally administered address is generated.
     #[arg(long, value_name = "tap=NAME[,mac=MAC]")]
     net: Vec<String>,
+    /// A virtio-blk disk over a raw image file; may be repeated (the first is /dev/vda).
+    /// readonly=on makes writes fail; id= is what the guest reads as the disk's serial.
+    #[arg(long, value_name = "path=IMG[,readonly=on][,id=NAME]")]
+    disk: Vec<String>,
     /// Print boot milestones and timing on exit.
     #[arg(long, short)]
     verbose: bool,
@@ -130,13 +137,14 @@ fn main() -> ExitCode {
             Some(json!({"state": "Running"})),
         ),
         Command::Info(a) => api_call(&a.api_sock, "GET", "/vm", None),
-        Command::Snapshot { api, path } => {
+        Command::Snapshot { api, path, diff } => {
             let path = std::path::absolute(&path).unwrap_or(path);
+            let kind = if diff { "Diff" } else { "Full" };
             api_call(
                 &api.api_sock,
                 "PUT",
                 "/snapshot/create",
-                Some(json!({"path": path})),
+                Some(json!({"path": path, "type": kind})),
             )
         }
         Command::ExportTestguest { out } => std::fs::write(&out, plainvm::boot::DEFAULT_GUEST)
@@ -171,6 +179,16 @@ fn run(args: RunArgs, start: Instant) -> Result<i32, String> {
                 args.net
                     .iter()
                     .map(|s| plainvm::config::parse_net(s))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| e.to_string())?,
+            ),
+        },
+        disks: match args.disk.is_empty() {
+            true => None,
+            false => Some(
+                args.disk
+                    .iter()
+                    .map(|s| plainvm::disks::parse_disk(s))
                     .collect::<Result<_, _>>()
                     .map_err(|e| e.to_string())?,
             ),

@@ -8,16 +8,16 @@ use crate::controller::{VcpuHandle, VmController};
 use crate::cpuid;
 use crate::exit::{ExitReason, ExitSignal, ResetTrigger};
 use crate::memory::Layout;
-use crate::snapshot::memory_file;
-use crate::snapshot::{SnapshotError, MEMORY_FILE};
+use crate::memory_slots::{MemorySlots, SlotError};
+use crate::snapshot::{self, SnapshotError};
 use crate::vcpu::{self, Vcpu};
 use crate::vcpu_control::{install_kick_handler, ControlError, VcpuControl};
 use crate::virtio_devices::{AttachError, EventLoop, VirtioSlots};
 use crate::vm_state::{VmState, VmStateError};
 use event_manager::{EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::CpuId;
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::Kvm;
 use plainvm_devices::i8042::I8042;
 use plainvm_devices::post_code::{Milestones, PostCode};
 use plainvm_devices::serial::SerialConsole;
@@ -29,7 +29,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -70,11 +69,15 @@ pub enum VmError {
     #[error(transparent)]
     Tap(#[from] TapError),
     #[error(transparent)]
+    Disk(#[from] crate::disks::DiskError),
+    #[error(transparent)]
     Hypercall(#[from] crate::hypercall::HypercallError),
     #[error(transparent)]
     Control(#[from] ControlError),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Slots(#[from] SlotError),
     #[error(transparent)]
     VcpuState(#[from] crate::vcpu_state::VcpuStateError),
     #[error(transparent)]
@@ -126,11 +129,10 @@ pub fn run(cfg: &VmConfig, opts: RunOptions) -> Result<RunResult, VmError> {
     let restore = opts.restore.as_ref();
     let mem = match restore {
         None => layout.create_memory()?,
-        Some(r) => memory_file::map(&r.dir.join(MEMORY_FILE), &layout.ranges(), r.copy_memory)
-            .map_err(SnapshotError::from)?,
+        Some(r) => snapshot::map_memory(&r.dir, &layout.ranges(), r.copy_memory)?,
     };
     // Memory slots go in before the irqchip: registering them after is ~50x slower on some hosts.
-    register_memory(&vm, &mem)?;
+    let mut slots = MemorySlots::register(&vm, &mem)?;
     vm.set_tss_address(KVM_TSS_ADDR)
         .map_err(kvm_err("set the TSS address"))?;
     vm.create_irq_chip()
@@ -154,6 +156,7 @@ pub fn run(cfg: &VmConfig, opts: RunOptions) -> Result<RunResult, VmError> {
         let evts = net.queue_evts().map_err(VmError::EventFd)?;
         virtio.attach(&vm, &mem, &mut mmio, &mut events, net, evts)?;
     }
+    crate::disks::attach_all(&cfg.disks, &vm, &mem, &mut mmio, &mut events, &mut virtio)?;
 
     let boot = match restore {
         None => Some(boot::prepare(&mem, &layout, cfg, &virtio.cmdline)?),
@@ -225,7 +228,13 @@ pub fn run(cfg: &VmConfig, opts: RunOptions) -> Result<RunResult, VmError> {
     if let Some(r) = restore {
         r.state.kvm.restore(&vm)?;
     }
+    if restore.is_some() {
+        // A diff snapshot of a restored VM holds what changed since the restore.
+        slots.set_dirty_logging(&vm, true)?;
+    }
     let controller = Arc::new(VmController {
+        slots: Mutex::new(slots),
+        last_snapshot: Mutex::new(restore.map(|r| r.dir.clone())),
         vm: Arc::new(vm),
         mem: mem.clone(),
         file_backed: restore.is_some_and(|r| !r.copy_memory),
@@ -273,29 +282,6 @@ pub fn run(cfg: &VmConfig, opts: RunOptions) -> Result<RunResult, VmError> {
         hypercall,
         vcpu_start,
     })
-}
-
-/// Tell KVM where each guest RAM region lives in our address space.
-fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
-    for (slot, region) in mem.iter().enumerate() {
-        let host = mem
-            .get_host_address(region.start_addr())
-            .map_err(|_| VmError::KvmSetup {
-                what: "map guest memory",
-                source: kvm_ioctls::Error::new(libc::EFAULT),
-            })?;
-        let r = kvm_userspace_memory_region {
-            slot: slot as u32,
-            flags: 0,
-            guest_phys_addr: region.start_addr().0,
-            memory_size: region.len(),
-            userspace_addr: host as u64,
-        };
-        // SAFETY: the region is a live mapping of exactly `memory_size` bytes owned by `mem`,
-        // which outlives the VM (the vCPU threads hold clones until the process exits).
-        unsafe { vm.set_user_memory_region(r) }.map_err(kvm_err("register guest memory"))?;
-    }
-    Ok(())
 }
 
 /// Ends the event loop when the exit signal fires.

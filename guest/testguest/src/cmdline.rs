@@ -31,6 +31,10 @@ pub struct Options {
     pub blk_selftest: bool,
     /// `blk-bench=<MiB>`: virtio-blk throughput over this many MiB of the first disk.
     pub blk_bench_mib: Option<u64>,
+    /// `net-selftest`: one frame each way through the first virtio-net device.
+    pub net_selftest: bool,
+    /// `net-bench=<MiB>`: virtio-net transmit then receive throughput over this many MiB.
+    pub net_bench_mib: Option<u64>,
 }
 
 /// Parses the NUL-terminated command line at guest-physical address `addr` (0: none).
@@ -52,6 +56,8 @@ pub unsafe fn parse(addr: u64) -> Options {
         line: &[],
         blk_selftest: false,
         blk_bench_mib: None,
+        net_selftest: false,
+        net_bench_mib: None,
     };
     if addr == 0 {
         return opts;
@@ -92,6 +98,10 @@ pub unsafe fn parse(addr: u64) -> Options {
             opts.blk_selftest = true;
         } else if let Some(v) = value(word, b"blk-bench=") {
             opts.blk_bench_mib = Some(v);
+        } else if word == b"net-selftest" {
+            opts.net_selftest = true;
+        } else if let Some(v) = value(word, b"net-bench=") {
+            opts.net_bench_mib = Some(v);
         }
     }
     opts

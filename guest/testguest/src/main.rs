@@ -9,6 +9,7 @@ mod entry;
 mod hypercall;
 mod io;
 mod mem;
+mod net_workload;
 mod power;
 mod pvh;
 mod serial;
@@ -69,6 +70,12 @@ pub extern "C" fn testguest_main(idx: u64, ncpus: u64, ram: u64, cmdline_addr: u
     }
     if let Some(mib) = opts.blk_bench_mib {
         blk_workload::bench(opts.line, mib);
+    }
+    if opts.net_selftest {
+        net_workload::selftest(opts.line);
+    }
+    if let Some(mib) = opts.net_bench_mib {
+        net_workload::bench(opts.line, mib);
     }
     if opts.hypercall_selftest {
         hypercall::selftest(ram);

@@ -99,7 +99,7 @@ fn route(method: &Method, url: &str, body: Value, vm: &VmController) -> Reply {
             ),
         },
         (Method::Put, "/snapshot/create") => match body.get("path").and_then(Value::as_str) {
-            Some(p) => match vm.snapshot(Path::new(p)) {
+            Some(p) => match vm.snapshot(Path::new(p), body.get("type") == Some(&json!("Diff"))) {
                 Ok(r) => (200, json!(r)),
                 Err(e) => error(500, e),
             },

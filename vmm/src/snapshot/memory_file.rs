@@ -1,6 +1,7 @@
 //! The memory file: guest RAM regions back to back, sparse (zero and untouched pages are holes),
 //! mapped lazily on restore.
 
+use crate::memory_slots::DirtyBitmap;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use vm_memory::mmap::MmapRegionBuilder;
@@ -92,6 +93,103 @@ pub fn write(
     }
     f.sync_all().map_err(io("sync"))?;
     Ok(written)
+}
+
+/// Write only the pages set in `dirty` (one bitmap per region, in order) into `path` (a sparse
+/// file of full size) and the page bitmap into `pages`.
+pub fn write_pages(
+    path: &Path,
+    pages: &Path,
+    mem: &GuestMemoryMmap,
+    dirty: &[DirtyBitmap],
+) -> Result<u64, MemoryFileError> {
+    let io = |what, p: &Path| {
+        let path = p.to_path_buf();
+        move |source| MemoryFileError::Io { what, path, source }
+    };
+    let f = std::fs::File::create(path).map_err(io("create", path))?;
+    let total: u64 = mem.iter().map(|r| r.len()).sum();
+    f.set_len(total).map_err(io("size", path))?;
+    let mut offset = 0u64;
+    let mut written = 0u64;
+    let mut all_bits: Vec<u8> = Vec::new();
+    for (region, bitmap) in mem.iter().zip(dirty) {
+        let len = region.len() as usize;
+        let host = mem
+            .get_host_address(region.start_addr())
+            .map_err(|e| MemoryFileError::Map {
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            })?;
+        for page in 0..len / PAGE {
+            if bitmap
+                .bits
+                .get(page / 64)
+                .is_some_and(|w| w & (1 << (page % 64)) != 0)
+            {
+                // SAFETY: the page lies inside this region's live mapping; vCPUs are paused.
+                let data = unsafe { std::slice::from_raw_parts(host.add(page * PAGE), PAGE) };
+                f.write_all_at(data, offset + (page * PAGE) as u64)
+                    .map_err(io("write", path))?;
+                written += PAGE as u64;
+            }
+        }
+        let words = (len / PAGE).div_ceil(64);
+        for i in 0..words {
+            let w = bitmap.bits.get(i).copied().unwrap_or(0);
+            all_bits.extend_from_slice(&w.to_le_bytes());
+        }
+        offset += len as u64;
+    }
+    std::fs::write(pages, &all_bits).map_err(io("write", pages))?;
+    f.sync_all().map_err(io("sync", path))?;
+    Ok(written)
+}
+
+/// Copy the pages a diff snapshot holds (per its page bitmap) into `mem`.
+pub fn overlay(path: &Path, pages: &Path, mem: &GuestMemoryMmap) -> Result<(), MemoryFileError> {
+    let io = |what, p: &Path| {
+        let path = p.to_path_buf();
+        move |source| MemoryFileError::Io { what, path, source }
+    };
+    let bits = std::fs::read(pages).map_err(io("read", pages))?;
+    let f = std::fs::File::open(path).map_err(io("open", path))?;
+    let want: u64 = mem.iter().map(|r| r.len()).sum();
+    let found = f.metadata().map_err(io("stat", path))?.len();
+    let words: usize = mem
+        .iter()
+        .map(|r| (r.len() as usize / PAGE).div_ceil(64))
+        .sum();
+    if found != want || bits.len() != words * 8 {
+        return Err(MemoryFileError::Size {
+            path: path.to_path_buf(),
+            found,
+            want,
+        });
+    }
+    let mut offset = 0u64;
+    let mut word_base = 0usize;
+    for region in mem.iter() {
+        let len = region.len() as usize;
+        let host = mem
+            .get_host_address(region.start_addr())
+            .map_err(|e| MemoryFileError::Map {
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            })?;
+        for page in 0..len / PAGE {
+            let byte = bits[(word_base + page / 64) * 8 + (page % 64) / 8];
+            if byte & (1 << (page % 8)) != 0 {
+                // SAFETY: the page lies inside this region's mapping, which no vCPU runs on yet.
+                let buf = unsafe { std::slice::from_raw_parts_mut(host.add(page * PAGE), PAGE) };
+                f.read_exact_at(buf, offset + (page * PAGE) as u64)
+                    .map_err(io("read", path))?;
+            }
+        }
+        word_base += (len / PAGE).div_ceil(64);
+        offset += len as u64;
+    }
+    Ok(())
 }
 
 /// Which pages of `[host, host + len)` are resident (mincore); all of them if mincore fails.

@@ -3,14 +3,31 @@
 pub mod memory_file;
 pub mod state_file;
 
+use crate::memory_slots::DirtyBitmap;
 use crate::vm_state::VmState;
 use std::path::{Path, PathBuf};
+use vm_memory::GuestAddress;
 use vm_memory::GuestMemoryMmap;
 
 /// The state file's name inside a snapshot directory.
 pub const STATE_FILE: &str = "state";
 /// The memory file's name inside a snapshot directory.
 pub const MEMORY_FILE: &str = "memory";
+/// In a diff snapshot: which pages the memory file holds (one bit per page).
+pub const PAGES_FILE: &str = "pages";
+/// In a diff snapshot: the absolute path of the snapshot it applies on top of.
+pub const PARENT_FILE: &str = "parent";
+
+/// What goes into the memory file.
+pub enum MemoryContent<'a> {
+    /// All of guest memory; `file_backed` as in `memory_file::write`.
+    Full { file_backed: bool },
+    /// Only the pages in the dirty bitmaps (one per region), on top of `parent`.
+    Diff {
+        dirty: &'a [DirtyBitmap],
+        parent: &'a Path,
+    },
+}
 
 /// Errors creating or reading a snapshot.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +59,7 @@ pub fn create(
     dir: &Path,
     state: &VmState,
     mem: &GuestMemoryMmap,
-    file_backed: bool,
+    content: MemoryContent<'_>,
 ) -> Result<SnapshotStats, SnapshotError> {
     if dir.exists() {
         return Err(SnapshotError::Exists(dir.to_path_buf()));
@@ -58,7 +75,17 @@ pub fn create(
     };
     std::fs::create_dir_all(&tmp).map_err(io("create", &tmp))?;
     let result = (|| {
-        let written = memory_file::write(&tmp.join(MEMORY_FILE), mem, file_backed)?;
+        let written = match content {
+            MemoryContent::Full { file_backed } => {
+                memory_file::write(&tmp.join(MEMORY_FILE), mem, file_backed)?
+            }
+            MemoryContent::Diff { dirty, parent } => {
+                let p = tmp.join(PARENT_FILE);
+                std::fs::write(&p, parent.as_os_str().as_encoded_bytes())
+                    .map_err(io("write", &p))?;
+                memory_file::write_pages(&tmp.join(MEMORY_FILE), &tmp.join(PAGES_FILE), mem, dirty)?
+            }
+        };
         state_file::write(&tmp.join(STATE_FILE), state)?;
         std::fs::rename(&tmp, dir).map_err(io("rename the finished snapshot to", dir))?;
         Ok(SnapshotStats {
@@ -69,6 +96,38 @@ pub fn create(
         let _ = std::fs::remove_dir_all(&tmp);
     }
     result
+}
+
+/// Map a snapshot's memory, applying diff snapshots on top of their parents.
+pub fn map_memory(
+    dir: &Path,
+    ranges: &[(GuestAddress, usize)],
+    copy: bool,
+) -> Result<GuestMemoryMmap, SnapshotError> {
+    let parent_file = dir.join(PARENT_FILE);
+    match std::fs::read(&parent_file) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok(memory_file::map(&dir.join(MEMORY_FILE), ranges, copy)?)
+        }
+        Err(source) => Err(SnapshotError::Io {
+            what: "read",
+            path: parent_file,
+            source,
+        }),
+        Ok(bytes) => {
+            let parent = PathBuf::from(String::from_utf8_lossy(&bytes).into_owned());
+            if parent == dir {
+                return Err(SnapshotError::Io {
+                    what: "follow the parent of",
+                    path: dir.to_path_buf(),
+                    source: std::io::Error::other("a diff snapshot names itself as its parent"),
+                });
+            }
+            let mem = map_memory(&parent, ranges, copy)?;
+            memory_file::overlay(&dir.join(MEMORY_FILE), &dir.join(PAGES_FILE), &mem)?;
+            Ok(mem)
+        }
+    }
 }
 
 /// Read and check a snapshot's state file.

@@ -128,7 +128,6 @@ impl Block {
             let mut popped = 0;
             while let Some(chain) = queue.pop_descriptor_chain(&*mem) {
                 let head = chain.head_index();
-                eprintln!("head {head} next_avail {}", queue.next_avail());
                 let (len, ok) = serve(mem, backend, id, *capacity, req, &mut iov, chain);
                 if !ok {
                     *errors += 1;
@@ -172,7 +171,6 @@ fn serve(
     let Some(status_addr) = status_addr else {
         return (0, false); // nowhere to report: the chain is dropped
     };
-    eprintln!("verdict {verdict:?} {req:?}");
     let (status, written) = match verdict {
         Err(e) => (e.status(), 0),
         Ok(()) => execute(mem, backend, id, req, iov),

@@ -8,7 +8,7 @@ pub mod device;
 pub mod request;
 
 pub use backend::{BackendError, RawFile};
-pub use device::Block;
+pub use device::{Block, BlockError};
 
 /// Bytes per sector of the virtio-blk protocol.
 pub const SECTOR_SIZE: u64 = 512;

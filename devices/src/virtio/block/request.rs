@@ -157,7 +157,6 @@ pub fn parse(
     let Some(status) = status else {
         return (None, Err(RequestError::NoStatus));
     };
-    eprintln!("first {:?} count {count}", first.map(|f| (f.addr(), f.len(), f.flags())));
     let verdict = validate(first, count, too_many, too_long, mem, capacity, read_only, req);
     (Some(status), verdict)
 }

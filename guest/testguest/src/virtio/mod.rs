@@ -20,6 +20,7 @@
 #![allow(dead_code)]
 
 pub mod blk;
+pub mod net;
 
 use core::sync::atomic::{fence, AtomicUsize, Ordering};
 
