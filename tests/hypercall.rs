@@ -24,7 +24,10 @@ fn number_after(text: &str, key: &str) -> Option<u64> {
 
 #[test]
 fn selftest_exercises_every_call_and_the_vmm_keeps_running() {
-    let o = plainvm(&["run", "--verbose", "--cmdline", "hypercall-selftest"], FAST);
+    let o = plainvm(
+        &["run", "--verbose", "--cmdline", "hypercall-selftest"],
+        FAST,
+    );
     assert_eq!(o.status, Some(0), "{}", o.dump());
     assert!(!o.stdout.contains("HC FAIL"), "{}", o.dump());
     let passed = number_after(&o.stdout, "HYPERCALL-SELFTEST passed=").unwrap_or(0);
@@ -45,7 +48,11 @@ fn selftest_exercises_every_call_and_the_vmm_keeps_running() {
     // HEARTBEAT: the guest went silent for longer than its interval, then beat again.
     assert!(o.stderr.contains("guest heartbeat missed"), "{}", o.dump());
     assert!(o.stderr.contains("guest heartbeat resumed"), "{}", o.dump());
-    assert!(o.stderr.contains("guest agent announced itself"), "{}", o.dump());
+    assert!(
+        o.stderr.contains("guest agent announced itself"),
+        "{}",
+        o.dump()
+    );
     // BOOT_MARK: each mark timed from process start and from vCPU start.
     for m in ["boot mark 3 (ready) at ", "boot mark 77 at "] {
         assert!(o.stderr.contains(m), "missing {m}: {}", o.dump());
@@ -131,7 +138,12 @@ fn linux_guest_marks_syncs_time_and_powers_off_with_a_code() {
     assert!(o.stdout.contains("GUEST-POWEROFF"), "{}", o.dump());
     assert!(o.stderr.contains("boot mark 1 (init) at "), "{}", o.dump());
     assert!(o.stderr.contains("since vCPU start"), "{}", o.dump());
-    assert!(o.stderr.contains("guest agent announced itself (power requests: yes"), "{}", o.dump());
+    assert!(
+        o.stderr
+            .contains("guest agent announced itself (power requests: yes"),
+        "{}",
+        o.dump()
+    );
     let set = number_after(&o.stdout, "time-sync: clock set to ").expect("time-sync ran");
     assert!(set.abs_diff(host_secs()) < 300, "{}", o.dump());
 }

@@ -142,6 +142,13 @@ pub fn linux_artifacts() -> LinuxArtifacts {
     a
 }
 
+/// Serializes Linux-guest tests within one test binary: each boot takes most of the (2-core)
+/// machine for ~30 s, and running several at once makes all of them slow enough to time out.
+pub fn linux_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// True when a program is on PATH.
 pub fn have(program: &str) -> bool {
     Command::new("sh")
@@ -231,9 +238,23 @@ pub struct BackgroundVm {
 impl BackgroundVm {
     /// Start `plainvm <args>`, writing its stdout and stderr to `out`.
     pub fn start(args: &[&str], out: &Path) -> Self {
+        Self::start_env(args, out, &[])
+    }
+
+    /// `start` with extra environment variables.
+    pub fn start_env(args: &[&str], out: &Path, env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(plainvm_bin());
+        cmd.args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Self::start_cmd(&mut cmd, out)
+    }
+
+    /// Start any command (e.g. plainvm inside `ip netns exec`), capturing its output to `out`.
+    pub fn start_cmd(cmd: &mut Command, out: &Path) -> Self {
         let f = std::fs::File::create(out).expect("console capture file");
-        let child = Command::new(plainvm_bin())
-            .args(args)
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(f.try_clone().expect("dup capture file"))
             .stderr(f)
@@ -295,29 +316,30 @@ impl Drop for BackgroundVm {
     }
 }
 
+/// The pass number of a `memwrite pass=N ok[ gen=G]` line.
+fn memwrite_pass(line: &str) -> Option<u64> {
+    line.strip_prefix("memwrite pass=")?
+        .split(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// The highest `memwrite pass=N ok` the test guest printed in `output`.
 pub fn last_memwrite_pass(output: &str) -> u64 {
-    output
-        .lines()
-        .filter_map(|l| {
-            l.strip_prefix("memwrite pass=")?
-                .strip_suffix(" ok")?
-                .parse()
-                .ok()
-        })
-        .max()
-        .unwrap_or(0)
+    output.lines().filter_map(memwrite_pass).max().unwrap_or(0)
 }
 
 /// The first `memwrite pass=N ok` in `output`.
 pub fn first_memwrite_pass(output: &str) -> u64 {
+    output.lines().find_map(memwrite_pass).unwrap_or(0)
+}
+
+/// The `gen=G` of the last memwrite line that shows one.
+pub fn last_generation(output: &str) -> Option<u64> {
     output
         .lines()
-        .find_map(|l| {
-            l.strip_prefix("memwrite pass=")?
-                .strip_suffix(" ok")?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
+        .filter(|l| l.starts_with("memwrite pass="))
+        .filter_map(|l| l.split(" gen=").nth(1)?.trim().parse().ok())
+        .last()
 }

@@ -63,7 +63,7 @@ fn snapshot_restores_twice_in_new_processes_with_memory_intact() {
             "--cpus",
             "2",
             "--cmdline",
-            "memwrite=16 passes=400",
+            "memwrite=16 passes=400 show-gen",
         ],
         &dir.join("console"),
     );
@@ -74,6 +74,7 @@ fn snapshot_restores_twice_in_new_processes_with_memory_intact() {
     // The source keeps running after the snapshot, then goes away.
     assert_eq!(vm.wait(T), Some(0), "{}", vm.output());
     assert!(vm.output().contains("MEMWRITE-DONE passes=400"));
+    assert_eq!(last_generation(&vm.output()), Some(0), "{}", vm.output());
     drop(vm);
 
     // Sparse memory file: a 128 MiB guest that wrote ~16 MiB.
@@ -106,6 +107,8 @@ fn snapshot_restores_twice_in_new_processes_with_memory_intact() {
             "the guest booted again: {}",
             o.dump()
         );
+        // The guest learns it was restored through the hypercall device's GENERATION.
+        assert_eq!(last_generation(&o.stdout), Some(1), "{}", o.dump());
     }
 }
 

@@ -43,6 +43,10 @@ pub enum ConfigError {
     CmdlineNul,
     #[error("invalid --cpu-template '{0}': use auto, host or safe")]
     BadTemplate(String),
+    #[error("invalid --memory '{0}': use SIZE or size=SIZE,merge=on|off (JSON: \"128M\" or {{\"size\": \"128M\", \"merge\": true}})")]
+    BadMemorySpec(String),
+    #[error(transparent)]
+    CpuAffinity(#[from] crate::cpu_affinity::AffinityError),
     #[error("invalid --net '{0}': use tap=NAME[,mac=aa:bb:cc:dd:ee:ff]")]
     BadNet(String),
     #[error("network device on tap '{tap}': {source}")]
@@ -52,6 +56,10 @@ pub enum ConfigError {
     },
     #[error(transparent)]
     Disk(#[from] crate::disks::DiskConfigError),
+    #[error(transparent)]
+    Vsock(#[from] crate::vsock::VsockConfigError),
+    #[error(transparent)]
+    Balloon(#[from] crate::balloon::BalloonError),
 }
 
 /// Which CPUID template the guest sees.
@@ -87,8 +95,11 @@ pub struct FileConfig {
     pub initrd: Option<PathBuf>,
     pub cmdline: Option<String>,
     pub cpus: Option<u64>,
-    /// A size such as "128M" or a number of MiB.
+    /// A size such as "128M" or a number of MiB; or "size=128M,merge=on"; or
+    /// {"size": "128M", "merge": true}.
     pub memory: Option<serde_json::Value>,
+    /// Pin vCPU i to the i-th host CPU of this list, e.g. "0-3" or "0,2".
+    pub cpu_affinity: Option<String>,
     pub cpu_template: Option<CpuTemplate>,
     /// Attach a virtio-rng device.
     pub rng: Option<bool>,
@@ -96,6 +107,10 @@ pub struct FileConfig {
     pub nets: Option<Vec<NetConfig>>,
     /// virtio-blk disks, in order (the first is /dev/vda).
     pub disks: Option<Vec<crate::disks::DiskConfig>>,
+    /// A virtio-vsock device with a host-side unix socket.
+    pub vsock: Option<crate::vsock::VsockConfig>,
+    /// A virtio-balloon device.
+    pub balloon: Option<crate::balloon::BalloonConfig>,
 }
 
 /// A validated VM configuration.
@@ -108,10 +123,20 @@ pub struct VmConfig {
     pub cmdline: Option<String>,
     pub cpus: u8,
     pub memory_bytes: u64,
+    /// Guest RAM is marked MADV_MERGEABLE for KSM.
+    #[serde(default)]
+    pub memory_merge: bool,
+    /// Host CPU of each vCPU thread (empty: not pinned).
+    #[serde(default)]
+    pub cpu_affinity: Vec<usize>,
     pub cpu_template: CpuTemplate,
     pub rng: bool,
     pub nets: Vec<NetDevice>,
     pub disks: Vec<crate::disks::DiskConfig>,
+    #[serde(default)]
+    pub vsock: Option<crate::vsock::VsockConfig>,
+    #[serde(default)]
+    pub balloon: Option<crate::balloon::BalloonSettings>,
 }
 
 /// One virtio-net device as written: `--net tap=NAME[,mac=..]` or `{"tap": "NAME", "mac": ".."}`.
@@ -168,10 +193,13 @@ impl FileConfig {
             cmdline: over.cmdline.or(self.cmdline),
             cpus: over.cpus.or(self.cpus),
             memory: over.memory.or(self.memory),
+            cpu_affinity: over.cpu_affinity.or(self.cpu_affinity),
             cpu_template: over.cpu_template.or(self.cpu_template),
             rng: over.rng.or(self.rng),
             nets: over.nets.or(self.nets),
             disks: over.disks.or(self.disks),
+            vsock: over.vsock.or(self.vsock),
+            balloon: over.balloon.or(self.balloon),
         }
     }
 
@@ -181,17 +209,19 @@ impl FileConfig {
         if cpus == 0 || cpus > u64::from(MAX_VCPUS) {
             return Err(ConfigError::BadCpus(cpus));
         }
-        let memory_bytes = match &self.memory {
-            None => 128 << 20,
-            Some(serde_json::Value::Number(n)) => {
-                n.as_u64()
-                    .and_then(|m| m.checked_mul(1 << 20))
-                    .ok_or_else(|| ConfigError::BadSize(n.to_string()))?
-            }
-            Some(serde_json::Value::String(s)) => parse_size(s)?,
-            Some(other) => return Err(ConfigError::BadSize(other.to_string())),
+        let (memory_bytes, memory_merge) = match &self.memory {
+            None => (128 << 20, false),
+            Some(v) => parse_memory(v)?,
         };
         check_memory(memory_bytes)?;
+        let cpu_affinity = match &self.cpu_affinity {
+            None => Vec::new(),
+            Some(s) => {
+                let list = crate::cpu_affinity::parse(s)?;
+                crate::cpu_affinity::validate(&list, cpus as usize)?;
+                list
+            }
+        };
         if let Some(c) = &self.cmdline {
             if c.len() > MAX_CMDLINE {
                 return Err(ConfigError::CmdlineTooLong(c.len()));
@@ -202,16 +232,27 @@ impl FileConfig {
         }
         let disks = self.disks.unwrap_or_default();
         disks.iter().try_for_each(crate::disks::check)?;
+        if let Some(v) = &self.vsock {
+            crate::vsock::check(v)?;
+        }
+        let balloon = match &self.balloon {
+            Some(b) => Some(crate::balloon::validate(b, memory_bytes)?),
+            None => None,
+        };
         Ok(VmConfig {
             kernel: self.kernel,
             initrd: self.initrd,
             cmdline: self.cmdline,
             cpus: cpus as u8,
             memory_bytes,
+            memory_merge,
+            cpu_affinity,
             cpu_template: self.cpu_template.unwrap_or_default(),
             rng: self.rng.unwrap_or(false),
             nets: validate_nets(self.nets.unwrap_or_default())?,
             disks,
+            vsock: self.vsock,
+            balloon,
         })
     }
 }
@@ -239,6 +280,53 @@ fn validate_nets(nets: Vec<NetConfig>) -> Result<Vec<NetDevice>, ConfigError> {
         .collect()
 }
 
+/// A memory size as JSON: a number of MiB or a size string.
+fn size_value(v: &serde_json::Value) -> Result<u64, ConfigError> {
+    match v {
+        serde_json::Value::Number(n) => n
+            .as_u64()
+            .and_then(|m| m.checked_mul(1 << 20))
+            .ok_or_else(|| ConfigError::BadSize(n.to_string())),
+        serde_json::Value::String(s) => parse_size(s),
+        other => Err(ConfigError::BadSize(other.to_string())),
+    }
+}
+
+/// `--memory`/"memory": SIZE, "size=SIZE[,merge=on|off]" or {"size": SIZE, "merge": bool};
+/// returns (bytes, merge).
+pub fn parse_memory(v: &serde_json::Value) -> Result<(u64, bool), ConfigError> {
+    let bad = || ConfigError::BadMemorySpec(v.to_string().trim_matches('"').to_string());
+    match v {
+        serde_json::Value::String(s) if s.contains('=') => {
+            let (mut size, mut merge) = (None, None);
+            for part in s.split(',') {
+                match part.trim().split_once('=') {
+                    Some(("size", x)) if size.is_none() => size = Some(parse_size(x)?),
+                    Some(("merge", "on" | "true" | "1")) if merge.is_none() => merge = Some(true),
+                    Some(("merge", "off" | "false" | "0")) if merge.is_none() => {
+                        merge = Some(false)
+                    }
+                    _ => return Err(bad()),
+                }
+            }
+            Ok((size.unwrap_or(128 << 20), merge.unwrap_or(false)))
+        }
+        serde_json::Value::Object(o) => {
+            if o.keys().any(|k| k != "size" && k != "merge") {
+                return Err(bad());
+            }
+            let size = o.get("size").map(size_value).transpose()?;
+            let merge = match o.get("merge") {
+                None => false,
+                Some(serde_json::Value::Bool(b)) => *b,
+                Some(_) => return Err(bad()),
+            };
+            Ok((size.unwrap_or(128 << 20), merge))
+        }
+        other => Ok((size_value(other)?, false)),
+    }
+}
+
 /// Parse "128M", "2G", "512MiB", "1048576K", "4096" (MiB) into bytes.
 pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
     let bad = || ConfigError::BadSize(s.to_string());
@@ -257,7 +345,7 @@ pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
     n.checked_mul(1 << shift).ok_or_else(bad)
 }
 
-fn check_memory(bytes: u64) -> Result<(), ConfigError> {
+pub fn check_memory(bytes: u64) -> Result<(), ConfigError> {
     let mib = bytes >> 20;
     if bytes < MIN_MEMORY {
         return Err(ConfigError::MemoryTooSmall { got: mib });
@@ -390,5 +478,41 @@ mod tests {
         })
         .contains("command line"));
         assert!(serde_json::from_str::<FileConfig>(r#"{"cpuz": 1}"#).is_err());
+    }
+
+    #[test]
+    fn memory_takes_size_or_size_and_merge() {
+        let m = |v: serde_json::Value| parse_memory(&v);
+        assert_eq!(m("256M".into()).unwrap(), (256 << 20, false));
+        assert_eq!(m(512.into()).unwrap(), (512 << 20, false));
+        assert_eq!(m("size=64M,merge=on".into()).unwrap(), (64 << 20, true));
+        assert_eq!(m("merge=on".into()).unwrap(), (128 << 20, true));
+        assert_eq!(
+            m(serde_json::json!({"size": "1G", "merge": true})).unwrap(),
+            (1 << 30, true)
+        );
+        for bad in [
+            serde_json::json!("size=64M,merge=maybe"),
+            serde_json::json!("size=64M,colour=red"),
+            serde_json::json!({"size": "1G", "merge": "yes"}),
+            serde_json::json!({"sise": "1G"}),
+        ] {
+            assert!(m(bad.clone()).is_err(), "{bad}");
+        }
+        let cfg = FileConfig {
+            memory: Some("size=64M,merge=on".into()),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+        assert!(cfg.memory_merge);
+        let e = FileConfig {
+            cpu_affinity: Some("0-".into()),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--cpu-affinity"), "{e}");
     }
 }

@@ -35,7 +35,7 @@ pub enum ControllerError {
     Slots(#[from] SlotError),
     #[error("a diff snapshot needs a full snapshot of this VM first (or a VM restored from one)")]
     NoBase,
-    #[error("this VM has {0} virtio device(s); snapshots of VMs with virtio devices are not supported yet")]
+    #[error("this VM has {0} virtio device(s); snapshots and migration of VMs with virtio devices are not supported yet")]
     DevicesUnsupported(usize),
 }
 
@@ -60,8 +60,18 @@ pub struct VmController {
     pub control: Arc<VcpuControl>,
     pub serial: Arc<Mutex<SerialConsole>>,
     pub started: Instant,
+    /// Why the process should end once the current API request is answered (after a migration).
+    pub pending_exit: Mutex<Option<crate::exit::ExitReason>>,
+    /// The running or last migration's progress.
+    pub migration: Mutex<Option<crate::migration::sender::Progress>>,
     /// Attached virtio devices (their state is not in snapshots yet).
     pub virtio_devices: usize,
+    /// The hypercall device's state: the guest agent and host requests (stop, see `vm_actions`).
+    pub hypercall: Arc<crate::hypercall::HypercallState>,
+    /// Ends the VM (the `kill` action, and after a migration).
+    pub exit: Arc<crate::exit::ExitSignal>,
+    /// Changes the balloon's target (None: no balloon device).
+    pub balloon: Option<crate::balloon::BalloonControl>,
 }
 
 impl VmController {
@@ -119,6 +129,10 @@ pub struct VmInfo {
     pub state: &'static str,
     pub config: VmConfig,
     pub uptime_ms: u128,
+    /// The VMM process.
+    pub pid: u32,
+    /// A guest agent that obeys power requests has announced itself (`plainvm stop` is graceful).
+    pub agent: bool,
 }
 
 /// `PUT /snapshot/create` result.
@@ -142,6 +156,8 @@ impl VmController {
             },
             config: self.config.clone(),
             uptime_ms: self.started.elapsed().as_millis(),
+            pid: std::process::id(),
+            agent: self.agent_listening(),
         }
     }
 
@@ -170,6 +186,13 @@ impl VmController {
             config: self.config.clone(),
             kvm: KvmVmState::save(&self.vm)?,
             serial: self.serial.lock().unwrap_or_else(|e| e.into_inner()).save(),
+            hypercall: {
+                let h = self.hypercall.snapshot();
+                crate::vm_state::HypercallSaved {
+                    generation: h.generation,
+                    agent: h.agent,
+                }
+            },
             vcpus,
         })
     }

@@ -26,11 +26,17 @@ const FEATURE_LEAVES: [(u32, u32); 4] = [(1, 0), (7, 0), (0x8000_0001, 0), (0xd,
 
 /// Refuse to restore `state` when its guest saw CPU features this host's KVM cannot offer.
 pub fn check_restorable(state: &crate::vm_state::VmState) -> Result<(), CpuidError> {
+    match state.vcpus.first() {
+        Some(vcpu) => check_cpuid(&vcpu.cpuid),
+        None => Ok(()),
+    }
+}
+
+/// Refuse a guest CPUID (from a snapshot or an incoming migration) with features this host's
+/// KVM cannot offer.
+pub fn check_cpuid(saved_cpuid: &[kvm_cpuid_entry2]) -> Result<(), CpuidError> {
     let kvm = Kvm::new().map_err(CpuidError::Kvm)?;
     let host = supported(&kvm)?;
-    let Some(vcpu) = state.vcpus.first() else {
-        return Ok(());
-    };
     for (leaf, index) in FEATURE_LEAVES {
         let find = |entries: &[kvm_cpuid_entry2]| {
             entries
@@ -38,7 +44,7 @@ pub fn check_restorable(state: &crate::vm_state::VmState) -> Result<(), CpuidErr
                 .find(|e| e.function == leaf && e.index == index)
                 .copied()
         };
-        let (Some(saved), Some(have)) = (find(&vcpu.cpuid), find(host.as_slice())) else {
+        let (Some(saved), Some(have)) = (find(saved_cpuid), find(host.as_slice())) else {
             continue;
         };
         // The hypervisor bit and the per-vCPU topology bits are ours, not the host's.

@@ -13,6 +13,8 @@ pub enum ExitReason {
     GuestCode(i32),
     /// Something went wrong; the message says what.
     Crash(String),
+    /// The VM now runs on another host; the message says where and how it went.
+    Migrated(String),
 }
 
 impl ExitReason {
@@ -22,6 +24,7 @@ impl ExitReason {
             Self::PowerOff => 0,
             Self::GuestCode(c) => *c,
             Self::Crash(_) => 1,
+            Self::Migrated(_) => 0,
         }
     }
 }

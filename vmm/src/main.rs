@@ -1,10 +1,12 @@
 //! The `plainvm` command line: parse flags, run the VM, turn the outcome into an exit status.
 
+mod migrate_cmd;
+
 use clap::{Args, Parser, Subcommand};
 use plainvm::api::client::request;
 use plainvm::config::{CpuTemplate, FileConfig};
 use plainvm::exit::ExitReason;
-use plainvm::vm::{Restore, RunOptions, RunResult};
+use plainvm::vm::{Restore, RestoreMemory, RunOptions, RunResult};
 use serde_json::{json, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -46,6 +48,45 @@ enum Command {
         #[arg(long)]
         diff: bool,
     },
+    /// List the running VMs: name, state, vCPUs, memory, host RSS, uptime.
+    Ls {
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Power a VM off: gracefully through its guest agent, by force after the timeout.
+    /// Exit status 0: graceful; 2: forced.
+    Stop {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Seconds to wait for the guest to power off before stopping it by force.
+        #[arg(long, default_value_t = 20)]
+        timeout_s: u64,
+    },
+    /// End a VM at once (SIGKILL of its process when its API does not answer).
+    Kill(ApiArgs),
+    /// Set a VM's balloon target: SIZE (e.g. 64M) is the memory the balloon takes from the guest.
+    /// `plainvm balloon NAME SIZE`, or `plainvm balloon --api-sock PATH SIZE`.
+    Balloon {
+        /// [NAME] SIZE.
+        #[arg(num_args = 1..=2, required = true, value_name = "NAME] [SIZE")]
+        words: Vec<String>,
+        /// The VM's name (instead of the positional NAME).
+        #[arg(long = "name", value_name = "NAME")]
+        name_flag: Option<String>,
+        /// The VM's API socket (instead of its name).
+        #[arg(long)]
+        api_sock: Option<PathBuf>,
+    },
+    /// Live-migrate a running VM to `plainvm receive` on another host.
+    Migrate {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(flatten)]
+        opts: migrate_cmd::MigrateArgs,
+    },
+    /// Wait for a live migration and run the incoming VM.
+    Receive(migrate_cmd::ReceiveArgs),
     /// Write the bundled test guest ELF to a file (to run it elsewhere, e.g. under QEMU).
     ExportTestguest {
         /// Where to write the ELF.
@@ -54,17 +95,45 @@ enum Command {
     },
 }
 
+/// How a subcommand names its VM: NAME, --name NAME or --api-sock PATH.
 #[derive(Args)]
 struct ApiArgs {
-    /// The VM's API socket (as given to `run --api-sock`).
+    /// The VM's name (see `plainvm ls`).
+    #[arg(value_name = "NAME")]
+    name: Option<String>,
+    /// The VM's name, as a flag.
+    #[arg(long = "name", value_name = "NAME")]
+    name_flag: Option<String>,
+    /// The VM's API socket (as given to `run --api-sock`); wins over the name.
     #[arg(long)]
-    api_sock: PathBuf,
+    api_sock: Option<PathBuf>,
+}
+
+impl ApiArgs {
+    fn target(&self) -> plainvm::manage::Target<'_> {
+        plainvm::manage::Target {
+            name: self.name.as_deref(),
+            name_flag: self.name_flag.as_deref(),
+            api_sock: self.api_sock.as_deref(),
+        }
+    }
+
+    /// The API socket of the VM named, or a readable error.
+    fn sock(&self, verb: &'static str) -> Result<PathBuf, String> {
+        self.target()
+            .resolve(verb)
+            .map(|r| r.sock)
+            .map_err(|e| e.to_string())
+    }
 }
 
 #[derive(Args)]
 struct RestoreArgs {
     /// The snapshot directory.
     dir: PathBuf,
+    /// The VM's name in the registry (default: vm-<pid>).
+    #[arg(long)]
+    name: Option<String>,
     /// Serve the control API on this unix socket.
     #[arg(long)]
     api_sock: Option<PathBuf>,
@@ -78,7 +147,11 @@ struct RestoreArgs {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Serve the control API (pause, resume, info, snapshot) on this unix socket.
+    /// The VM's name in the registry (default: vm-<pid>); other subcommands find it by name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Serve the control API (pause, resume, info, snapshot) on this unix socket instead of
+    /// the default one in the VM's runtime directory (the registry entry then points here).
     #[arg(long)]
     api_sock: Option<PathBuf>,
     /// Kernel: vmlinux ELF (PVH or 64-bit entry), bzImage, or a plainvm test guest ELF.
@@ -93,9 +166,13 @@ struct RunArgs {
     /// Number of vCPUs (default 1).
     #[arg(long)]
     cpus: Option<u64>,
-    /// Guest memory, e.g. 128M or 2G; a bare number means MiB (default 128M).
-    #[arg(long)]
+    /// Guest memory, e.g. 128M or 2G (a bare number means MiB; default 128M), or
+    /// size=SIZE,merge=on to let KSM merge identical guest pages.
+    #[arg(long, value_name = "SIZE|size=SIZE,merge=on")]
     memory: Option<String>,
+    /// Pin vCPU i to the i-th host CPU of LIST, e.g. 0,1 or 0-3.
+    #[arg(long, value_name = "LIST")]
+    cpu_affinity: Option<String>,
     /// JSON file with the same keys (kernel, initrd, cmdline, cpus, memory, cpu_template); flags win.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -113,6 +190,15 @@ struct RunArgs {
     /// readonly=on makes writes fail; id= is what the guest reads as the disk's serial.
     #[arg(long, value_name = "path=IMG[,readonly=on][,id=NAME]")]
     disk: Vec<String>,
+    /// A virtio-vsock device for guest CID N. The host connects to the unix socket PATH and
+    /// writes "CONNECT <port>\n" to reach a guest port; guest connections to host port P go
+    /// to the unix socket PATH_P.
+    #[arg(long, value_name = "cid=N,socket=PATH")]
+    vsock: Option<String>,
+    /// A virtio-balloon device; size= is the initial target (memory the guest gives back),
+    /// free-page-reporting=on lets the guest hand back free memory as well.
+    #[arg(long, value_name = "[size=SIZE][,free-page-reporting=on]", num_args = 0..=1, default_missing_value = "")]
+    balloon: Option<String>,
     /// Print boot milestones and timing on exit.
     #[arg(long, short)]
     verbose: bool,
@@ -124,29 +210,62 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args, start),
         Command::Restore(args) => restore(args, start),
-        Command::Pause(a) => api_call(
-            &a.api_sock,
-            "PATCH",
-            "/vm",
-            Some(json!({"state": "Paused"})),
-        ),
-        Command::Resume(a) => api_call(
-            &a.api_sock,
-            "PATCH",
-            "/vm",
-            Some(json!({"state": "Running"})),
-        ),
-        Command::Info(a) => api_call(&a.api_sock, "GET", "/vm", None),
+        Command::Pause(a) => a
+            .sock("pause")
+            .and_then(|s| api_call(&s, "PATCH", "/vm", Some(json!({"state": "Paused"})))),
+        Command::Resume(a) => a
+            .sock("resume")
+            .and_then(|s| api_call(&s, "PATCH", "/vm", Some(json!({"state": "Running"})))),
+        Command::Info(a) => a
+            .sock("info")
+            .and_then(|s| api_call(&s, "GET", "/vm", None)),
+        Command::Ls { json } => {
+            let _ = write!(std::io::stdout(), "{}", plainvm::manage::ls(json));
+            Ok(0)
+        }
+        Command::Stop { api, timeout_s } => {
+            plainvm::manage::stop(&api.target(), Duration::from_secs(timeout_s))
+                .map_err(|e| e.to_string())
+        }
+        Command::Kill(a) => plainvm::manage::kill(&a.target()).map_err(|e| e.to_string()),
+        Command::Balloon {
+            words,
+            name_flag,
+            api_sock,
+        } => {
+            let (name, size) = match words.as_slice() {
+                [name, size] => (Some(name.as_str()), size),
+                [size] => (None, size),
+                _ => unreachable!("clap takes one or two words"),
+            };
+            let t = plainvm::manage::Target {
+                name,
+                name_flag: name_flag.as_deref(),
+                api_sock: api_sock.as_deref(),
+            };
+            plainvm::manage::balloon(&t, size)
+                .map(|v| {
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                    0
+                })
+                .map_err(|e| e.to_string())
+        }
         Command::Snapshot { api, path, diff } => {
             let path = std::path::absolute(&path).unwrap_or(path);
             let kind = if diff { "Diff" } else { "Full" };
-            api_call(
-                &api.api_sock,
-                "PUT",
-                "/snapshot/create",
-                Some(json!({"path": path, "type": kind})),
-            )
+            api.sock("snapshot").and_then(|s| {
+                api_call(
+                    &s,
+                    "PUT",
+                    "/snapshot/create",
+                    Some(json!({"path": path, "type": kind})),
+                )
+            })
         }
+        Command::Migrate { api, opts } => api
+            .sock("migrate")
+            .and_then(|sock| migrate_cmd::migrate(&sock, &opts)),
+        Command::Receive(args) => migrate_cmd::run_receive(args),
         Command::ExportTestguest { out } => std::fs::write(&out, plainvm::boot::DEFAULT_GUEST)
             .map(|_| 0)
             .map_err(|e| format!("cannot write {}: {e}", out.display())),
@@ -171,6 +290,7 @@ fn run(args: RunArgs, start: Instant) -> Result<i32, String> {
         cmdline: args.cmdline,
         cpus: args.cpus,
         memory: args.memory.map(serde_json::Value::String),
+        cpu_affinity: args.cpu_affinity,
         cpu_template: args.cpu_template,
         rng: args.rng.then_some(true),
         nets: match args.net.is_empty() {
@@ -193,13 +313,30 @@ fn run(args: RunArgs, start: Instant) -> Result<i32, String> {
                     .map_err(|e| e.to_string())?,
             ),
         },
+        vsock: args
+            .vsock
+            .as_deref()
+            .map(plainvm::vsock::parse_vsock)
+            .transpose()
+            .map_err(|e| e.to_string())?,
+        balloon: args
+            .balloon
+            .as_deref()
+            .map(plainvm::balloon::parse_balloon)
+            .transpose()
+            .map_err(|e| e.to_string())?,
     };
     let cfg = file.merge(flags).validate().map_err(|e| e.to_string())?;
+    let reg = register(args.name.as_deref(), args.api_sock.as_deref(), &cfg)?;
     let opts = RunOptions {
-        api_sock: args.api_sock,
+        api_sock: reg
+            .as_ref()
+            .map(|r| r.api_sock().to_path_buf())
+            .or(args.api_sock),
         ..Default::default()
     };
     let out = plainvm::vm::run(&cfg, opts).map_err(|e| e.to_string())?;
+    drop(reg);
     report(out, args.verbose, start)
 }
 
@@ -207,22 +344,56 @@ fn restore(args: RestoreArgs, start: Instant) -> Result<i32, String> {
     let state = plainvm::snapshot::load_state(&args.dir).map_err(|e| e.to_string())?;
     plainvm::cpuid::check_restorable(&state).map_err(|e| e.to_string())?;
     let cfg = state.config.clone();
+    let reg = register(args.name.as_deref(), args.api_sock.as_deref(), &cfg)?;
     let opts = RunOptions {
-        api_sock: args.api_sock,
+        api_sock: reg
+            .as_ref()
+            .map(|r| r.api_sock().to_path_buf())
+            .or(args.api_sock),
         restore: Some(Restore {
-            dir: args.dir,
             state,
-            copy_memory: args.copy_memory,
+            memory: RestoreMemory::Snapshot {
+                dir: args.dir,
+                copy: args.copy_memory,
+            },
         }),
+        before_start: None,
     };
     let out = plainvm::vm::run(&cfg, opts).map_err(|e| e.to_string())?;
     if args.verbose {
+        let us = out.vcpu_start.duration_since(start).as_micros();
         eprintln!(
-            "plainvm: restored; ran for {} ms",
+            "plainvm: restored: vCPUs running {}.{:03} ms after start; ran for {} ms",
+            us / 1000,
+            us % 1000,
             start.elapsed().as_millis()
         );
     }
     report(out, false, start)
+}
+
+/// Register the VM under `name` (or a generated one). A chosen name must be free; without one,
+/// a registry that cannot be written only costs the listing (a warning, and the VM runs).
+fn register(
+    name: Option<&str>,
+    api_sock: Option<&Path>,
+    cfg: &plainvm::config::VmConfig,
+) -> Result<Option<plainvm::registry::Registration>, String> {
+    use plainvm::registry::{generated_name, Registration};
+    match name {
+        Some(n) => Registration::claim(n, api_sock, cfg)
+            .map(Some)
+            .map_err(|e| e.to_string()),
+        None => {
+            match Registration::claim(&generated_name(), api_sock, cfg) {
+                Ok(r) => Ok(Some(r)),
+                Err(e) => {
+                    eprintln!("plainvm: warning: not registered (`plainvm ls` will not show this VM): {e}");
+                    Ok(None)
+                }
+            }
+        }
+    }
 }
 
 /// One API request; prints the JSON answer.
@@ -260,6 +431,10 @@ fn report(out: RunResult, verbose: bool, start: Instant) -> Result<i32, String> 
     }
     match out.reason {
         ExitReason::Crash(msg) => Err(msg),
+        ExitReason::Migrated(msg) => {
+            eprintln!("plainvm: {msg}");
+            Ok(0)
+        }
         r => Ok(r.status()),
     }
 }

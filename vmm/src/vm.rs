@@ -29,6 +29,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -71,6 +72,10 @@ pub enum VmError {
     #[error(transparent)]
     Disk(#[from] crate::disks::DiskError),
     #[error(transparent)]
+    Vsock(#[from] crate::vsock::VsockAttachError),
+    #[error(transparent)]
+    Balloon(#[from] crate::balloon::BalloonError),
+    #[error(transparent)]
     Hypercall(#[from] crate::hypercall::HypercallError),
     #[error(transparent)]
     Control(#[from] ControlError),
@@ -82,10 +87,16 @@ pub enum VmError {
     VcpuState(#[from] crate::vcpu_state::VcpuStateError),
     #[error(transparent)]
     VmState(#[from] VmStateError),
+    #[error("{0}")]
+    NotStarted(String),
     #[error("the snapshot's vCPU state is inconsistent (corrupted?)")]
     BadSnapshot,
     #[error(transparent)]
     Api(#[from] api::server::ApiServerError),
+    #[error(transparent)]
+    Ksm(#[from] crate::ksm::KsmError),
+    #[error(transparent)]
+    CpuAffinity(#[from] crate::cpu_affinity::AffinityError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -103,12 +114,18 @@ pub struct RunResult {
     pub vcpu_start: std::time::Instant,
 }
 
-/// A snapshot to start from instead of booting.
+/// A saved VM to start from instead of booting.
 pub struct Restore {
-    pub dir: PathBuf,
     pub state: VmState,
-    /// Read the whole memory file up front instead of mapping it lazily.
-    pub copy_memory: bool,
+    pub memory: RestoreMemory,
+}
+
+/// Where a restored VM's memory comes from.
+pub enum RestoreMemory {
+    /// A snapshot directory; `copy` reads it all up front instead of mapping it lazily.
+    Snapshot { dir: PathBuf, copy: bool },
+    /// Memory already filled in (by an incoming migration).
+    Filled(GuestMemoryMmap),
 }
 
 /// How to start the VM beyond its configuration.
@@ -117,6 +134,9 @@ pub struct RunOptions {
     pub restore: Option<Restore>,
     /// Serve the control API on this unix socket.
     pub api_sock: Option<PathBuf>,
+    /// Runs after the VM is built and before its vCPUs start; an error means nothing runs
+    /// (an incoming migration waits here for the source to commit).
+    pub before_start: Option<Box<dyn FnOnce() -> Result<(), String> + Send>>,
 }
 
 /// Build the VM described by `cfg` (or restore it), run it until the guest stops, and say why
@@ -129,8 +149,18 @@ pub fn run(cfg: &VmConfig, opts: RunOptions) -> Result<RunResult, VmError> {
     let restore = opts.restore.as_ref();
     let mem = match restore {
         None => layout.create_memory()?,
-        Some(r) => snapshot::map_memory(&r.dir, &layout.ranges(), r.copy_memory)?,
+        Some(Restore {
+            memory: RestoreMemory::Snapshot { dir, copy },
+            ..
+        }) => snapshot::map_memory(dir, &layout.ranges(), *copy)?,
+        Some(Restore {
+            memory: RestoreMemory::Filled(mem),
+            ..
+        }) => mem.clone(),
     };
+    if cfg.memory_merge {
+        crate::ksm::mark_mergeable(&mem)?;
+    }
     // Memory slots go in before the irqchip: registering them after is ~50x slower on some hosts.
     let mut slots = MemorySlots::register(&vm, &mem)?;
     vm.set_tss_address(KVM_TSS_ADDR)
@@ -157,6 +187,22 @@ pub fn run(cfg: &VmConfig, opts: RunOptions) -> Result<RunResult, VmError> {
         virtio.attach(&vm, &mem, &mut mmio, &mut events, net, evts)?;
     }
     crate::disks::attach_all(&cfg.disks, &vm, &mem, &mut mmio, &mut events, &mut virtio)?;
+    if let Some(v) = &cfg.vsock {
+        crate::vsock::attach(v, &vm, &mem, &mut mmio, &mut events, &mut virtio)?;
+    }
+    // The handle that changes the balloon's target (crate::balloon::BalloonControl).
+    let balloon = match &cfg.balloon {
+        Some(b) => Some(crate::balloon::attach(
+            b,
+            cfg.memory_bytes,
+            &vm,
+            &mem,
+            &mut mmio,
+            &mut events,
+            &mut virtio,
+        )?),
+        None => None,
+    };
 
     let boot = match restore {
         None => Some(boot::prepare(&mem, &layout, cfg, &virtio.cmdline)?),
@@ -165,6 +211,9 @@ pub fn run(cfg: &VmConfig, opts: RunOptions) -> Result<RunResult, VmError> {
 
     let exit = Arc::new(ExitSignal::new().map_err(VmError::EventFd)?);
     let hypercall = crate::hypercall::attach(&mut mmio, &mem, exit.clone())?;
+    if let Some(r) = restore {
+        hypercall.continue_from(r.state.hypercall.generation, r.state.hypercall.agent);
+    }
     let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?;
     vm.register_irqfd(&serial_irq, SERIAL_IRQ)
         .map_err(kvm_err("connect the serial interrupt"))?;
@@ -228,16 +277,20 @@ pub fn run(cfg: &VmConfig, opts: RunOptions) -> Result<RunResult, VmError> {
     if let Some(r) = restore {
         r.state.kvm.restore(&vm)?;
     }
-    if restore.is_some() {
+    let (snapshot_dir, file_backed) = match restore.map(|r| &r.memory) {
+        Some(RestoreMemory::Snapshot { dir, copy }) => (Some(dir.clone()), !copy),
+        _ => (None, false),
+    };
+    if snapshot_dir.is_some() {
         // A diff snapshot of a restored VM holds what changed since the restore.
         slots.set_dirty_logging(&vm, true)?;
     }
     let controller = Arc::new(VmController {
         slots: Mutex::new(slots),
-        last_snapshot: Mutex::new(restore.map(|r| r.dir.clone())),
+        last_snapshot: Mutex::new(snapshot_dir.clone()),
         vm: Arc::new(vm),
         mem: mem.clone(),
-        file_backed: restore.is_some_and(|r| !r.copy_memory),
+        file_backed,
         config: cfg.clone(),
         vcpus: handles,
         msr_indices: kvm
@@ -247,7 +300,12 @@ pub fn run(cfg: &VmConfig, opts: RunOptions) -> Result<RunResult, VmError> {
         control: control.clone(),
         serial: serial.clone(),
         started,
+        migration: Mutex::new(None),
+        pending_exit: Mutex::new(None),
         virtio_devices: virtio.cmdline.len(),
+        hypercall: hypercall.clone(),
+        exit: exit.clone(),
+        balloon,
     });
     if let Some(sock) = &opts.api_sock {
         api::server::start(sock, controller.clone())?;
@@ -265,9 +323,16 @@ pub fn run(cfg: &VmConfig, opts: RunOptions) -> Result<RunResult, VmError> {
         None
     };
 
+    if let Some(gate) = opts.before_start {
+        gate().map_err(VmError::NotStarted)?;
+    }
     let vcpu_start = crate::hypercall::start(&mut events, hypercall.clone(), exit.clone())?;
-    for v in vcpus {
-        v.spawn()?;
+    for (i, v) in vcpus.into_iter().enumerate() {
+        let thread = v.spawn()?;
+        if let Some(&cpu) = cfg.cpu_affinity.get(i) {
+            use std::os::unix::thread::JoinHandleExt;
+            crate::cpu_affinity::pin(thread.as_pthread_t(), i, cpu)?;
+        }
     }
     while !done.load(Ordering::SeqCst) {
         events.run().map_err(VmError::EventLoop)?;

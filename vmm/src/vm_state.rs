@@ -36,7 +36,16 @@ pub struct VmState {
     pub config: VmConfig,
     pub kvm: KvmVmState,
     pub serial: SerialSnapshot,
+    pub hypercall: HypercallSaved,
     pub vcpus: Vec<VcpuState>,
+}
+
+/// What the hypercall device must carry over: the generation (bumped on every restore and
+/// migration) and whether a guest agent announced itself.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct HypercallSaved {
+    pub generation: u64,
+    pub agent: Option<u32>,
 }
 
 const CHIPS: [u32; 3] = [

@@ -23,7 +23,11 @@ pub struct Calls {
 
 impl Calls {
     /// Calls on guest memory `mem`, sharing `state`, reaching the VMM through `host`.
-    pub fn new(mem: GuestMemoryMmap, state: Arc<HypercallState>, host: Box<dyn HypercallHost>) -> Self {
+    pub fn new(
+        mem: GuestMemoryMmap,
+        state: Arc<HypercallState>,
+        host: Box<dyn HypercallHost>,
+    ) -> Self {
         let ram_kib = mem.iter().map(|r| r.len()).sum::<u64>() >> 10;
         Self {
             state,
@@ -54,9 +58,9 @@ impl Calls {
                 Ok([0; 4])
             }
             nr::LOG => {
-                let n = self
-                    .log
-                    .call(&self.mem, join(a[0], a[1]), a[2], now, self.host.as_mut())?;
+                let n =
+                    self.log
+                        .call(&self.mem, join(a[0], a[1]), a[2], now, self.host.as_mut())?;
                 Ok([n, 0, 0, 0])
             }
             nr::HOST_TIME => {
@@ -131,4 +135,3 @@ fn yes(bit: u32) -> &'static str {
         "no"
     }
 }
-

@@ -120,8 +120,14 @@ mod tests {
         assert_eq!(log.call(&mem, 0x100, 5, now, &mut host), Ok(5));
         assert_eq!(host.0, ["guest: hello"]);
         let bad = status::BAD_ADDRESS;
-        assert_eq!(log.call(&mem, 0x100, 0, now, &mut host), Err(status::INVALID_ARGUMENT));
-        assert_eq!(log.call(&mem, 0x100, LOG_MAX + 1, now, &mut host), Err(status::INVALID_ARGUMENT));
+        assert_eq!(
+            log.call(&mem, 0x100, 0, now, &mut host),
+            Err(status::INVALID_ARGUMENT)
+        );
+        assert_eq!(
+            log.call(&mem, 0x100, LOG_MAX + 1, now, &mut host),
+            Err(status::INVALID_ARGUMENT)
+        );
         assert_eq!(log.call(&mem, 0xfffe, 5, now, &mut host), Err(bad));
         assert_eq!(log.call(&mem, 0xc000_0000, 5, now, &mut host), Err(bad));
         assert_eq!(log.call(&mem, u64::MAX - 1, 5, now, &mut host), Err(bad));
@@ -131,12 +137,21 @@ mod tests {
         assert_eq!(ok, BURST as usize - 1);
         let later = now + std::time::Duration::from_secs(10);
         assert_eq!(log.call(&mem, 0x100, 5, later, &mut host), Ok(5));
-        assert!(host.0.iter().any(|l| l.contains("dropped by the rate limit")));
+        assert!(host
+            .0
+            .iter()
+            .any(|l| l.contains("dropped by the rate limit")));
         let text = [b'x'; LOG_MAX as usize];
         let later = later + std::time::Duration::from_secs(10);
         assert_eq!(log.call_text(&text, 3, later, &mut host), Ok(3));
         assert_eq!(host.0.last().unwrap(), "guest: xxx");
-        assert_eq!(log.call_text(&text, 0, later, &mut host), Err(status::INVALID_ARGUMENT));
-        assert_eq!(log.call_text(&text, LOG_MAX + 1, later, &mut host), Err(status::INVALID_ARGUMENT));
+        assert_eq!(
+            log.call_text(&text, 0, later, &mut host),
+            Err(status::INVALID_ARGUMENT)
+        );
+        assert_eq!(
+            log.call_text(&text, LOG_MAX + 1, later, &mut host),
+            Err(status::INVALID_ARGUMENT)
+        );
     }
 }

@@ -88,8 +88,8 @@ impl BusDevice for Hypercall {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         let is_arg = |o: u64| regs::ARG.contains(&o);
-        let in_text = offset >= regs::TEXT
-            && offset.saturating_add(data.len() as u64) <= regs::TEXT_END;
+        let in_text =
+            offset >= regs::TEXT && offset.saturating_add(data.len() as u64) <= regs::TEXT_END;
         if in_text {
             let at = (offset - regs::TEXT) as usize;
             self.text[at..at + data.len()].copy_from_slice(data);
@@ -97,10 +97,12 @@ impl BusDevice for Hypercall {
             return;
         }
         match *data {
-            [a, b, c, d] if offset % 4 == 0 => {
+            [a, b, c, d] if offset.is_multiple_of(4) => {
                 self.write32(offset, u32::from_le_bytes([a, b, c, d]))
             }
-            [a, b, c, d, e, f, g, h] if offset % 8 == 0 && is_arg(offset) && is_arg(offset + 4) => {
+            [a, b, c, d, e, f, g, h]
+                if offset.is_multiple_of(8) && is_arg(offset) && is_arg(offset + 4) =>
+            {
                 self.write32(offset, u32::from_le_bytes([a, b, c, d]));
                 self.write32(offset + 4, u32::from_le_bytes([e, f, g, h]));
             }
@@ -116,8 +118,11 @@ mod tests {
     use std::sync::Mutex;
     use vm_memory::{Bytes, GuestAddress};
 
+    /// Log lines and the last POWER call (reboot, code).
+    type Seen = (Vec<String>, Option<(bool, u8)>);
+
     #[derive(Clone, Default)]
-    struct Host(Arc<Mutex<(Vec<String>, Option<(bool, u8)>)>>);
+    struct Host(Arc<Mutex<Seen>>);
     impl HypercallHost for Host {
         fn power(&mut self, reboot: bool, code: u8) {
             self.0.lock().unwrap().1 = Some((reboot, code));
@@ -168,7 +173,10 @@ mod tests {
         d.write(regs::CALL, &[0; 8]);
         assert_eq!(d.register(regs::STATUS), status::BAD_ACCESS);
         d.write(0x2000, &[0]);
-        assert_eq!(call(&mut d, 12345, [0; 4]), Err(Error::Status(status::UNKNOWN_CALL)));
+        assert_eq!(
+            call(&mut d, 12345, [0; 4]),
+            Err(Error::Status(status::UNKNOWN_CALL))
+        );
         assert_eq!(call(&mut d, nr::VERSION, [0; 4]).unwrap()[0], VERSION);
     }
 
@@ -197,7 +205,11 @@ mod tests {
         assert_eq!(r[0], request::TIME_SYNC);
         assert_eq!(call(&mut d, nr::REQUEST, [0; 4]).unwrap()[0], request::NONE);
         assert_eq!(call(&mut d, nr::MEM_HINT, [1024, 0, 0, 0]), Ok([0; 4]));
-        assert_eq!(call(&mut d, nr::MEM_HINT, [2048, 0, 0, 0]), inval, "more than RAM");
+        assert_eq!(
+            call(&mut d, nr::MEM_HINT, [2048, 0, 0, 0]),
+            inval,
+            "more than RAM"
+        );
         assert_eq!(state.snapshot().free_memory_kib, Some(1024));
         assert_eq!(call(&mut d, nr::HEARTBEAT, [5, 0, 0, 0]), inval);
         assert_eq!(call(&mut d, nr::HEARTBEAT, [1000, 0, 0, 0]).unwrap()[0], 1);
@@ -211,12 +223,20 @@ mod tests {
         d.read(regs::TEXT, &mut back);
         assert_eq!(&back, b"text!");
         d.write(regs::TEXT_END - 2, &[0; 4]);
-        assert_eq!(d.register(regs::STATUS), status::BAD_ACCESS, "straddles the window end");
+        assert_eq!(
+            d.register(regs::STATUS),
+            status::BAD_ACCESS,
+            "straddles the window end"
+        );
         assert_eq!(call(&mut d, nr::POWER, [1, 42, 0, 0]), Ok([0; 4]));
         let h = host.0.lock().unwrap();
         assert_eq!(h.1, Some((true, 42)));
         assert!(h.0.iter().any(|l| l == "guest: boot ok"), "{:?}", h.0);
         assert!(h.0.iter().any(|l| l == "guest: text"), "{:?}", h.0);
-        assert!(h.0.iter().any(|l| l.contains("agent announced")), "{:?}", h.0);
+        assert!(
+            h.0.iter().any(|l| l.contains("agent announced")),
+            "{:?}",
+            h.0
+        );
     }
 }

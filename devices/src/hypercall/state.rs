@@ -207,6 +207,14 @@ impl HypercallState {
         Some(HeartbeatEvent::Missed { silent, interval })
     }
 
+    /// Continue from a saved VM (snapshot or migration): its generation and agent, then bump
+    /// the generation so the guest agent resyncs its clock. Returns the new generation.
+    pub fn continue_from(&self, generation: u64, agent: Option<u32>) -> u64 {
+        self.generation.store(generation, Ordering::SeqCst);
+        self.lock().agent = agent;
+        self.bump_generation()
+    }
+
     /// Everything at once (for the log and, later, the control API).
     pub fn snapshot(&self) -> Snapshot {
         let s = self.lock();

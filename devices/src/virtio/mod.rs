@@ -1,10 +1,14 @@
 //! virtio 1.x devices over the virtio-mmio transport: the device trait and shared pieces.
 
+pub mod balloon;
 pub mod block;
 pub mod interrupt;
 pub mod mmio;
 pub mod net;
 pub mod rng;
+#[cfg(test)]
+mod test_queue;
+pub mod vsock;
 
 pub use interrupt::Interrupt;
 pub use mmio::MmioTransport;

@@ -168,6 +168,9 @@ fn next_rand(state: &mut u64) -> u64 {
     x
 }
 
+/// Shortest phase (by the guest's TSC estimate, which may be off by the fallback frequency).
+const MIN_PHASE_MS: u64 = 500;
+
 /// One benchmark phase: `count` requests of `len` bytes, `depth` in flight.
 struct Phase {
     name: &'static str,
@@ -272,11 +275,14 @@ fn run_phase(blk: &mut Blk, p: &Phase, buf_base: u64, bytes: u64) {
     let blocks = bytes / u64::from(p.len);
     let (mut issued, mut done) = (0u64, 0u64);
     let stall = clock::ms_to_ticks(10_000);
+    // Short phases are noisy: keep issuing until both `count` requests and MIN_PHASE_MS passed.
+    let min_ticks = clock::ms_to_ticks(MIN_PHASE_MS);
     let start = clock::rdtsc();
     let mut last_progress = start;
-    while done < p.count {
+    let more = |issued: u64| issued < p.count || clock::rdtsc().wrapping_sub(start) < min_ticks;
+    loop {
         let mut started = false;
-        while issued < p.count && n_free > 0 {
+        while n_free > 0 && more(issued) {
             let block = if p.random {
                 next_rand(&mut rng) % blocks
             } else {
@@ -308,6 +314,9 @@ fn run_phase(blk: &mut Blk, p: &Phase, buf_base: u64, bytes: u64) {
             }
             last_progress = clock::rdtsc();
         }
+        if done == issued && !more(issued) {
+            break;
+        }
         if clock::rdtsc().wrapping_sub(last_progress) > stall {
             fail(p.name, 0, BlkError::Virtio(crate::virtio::Error::Timeout));
         }
@@ -318,7 +327,7 @@ fn run_phase(blk: &mut Blk, p: &Phase, buf_base: u64, bytes: u64) {
     }
     let ticks = clock::rdtsc().wrapping_sub(start).max(1);
     let hz = clock::hz();
-    let total = p.count * u64::from(p.len);
+    let total = done * u64::from(p.len);
     let us = (ticks / (hz / 1_000_000).max(1)).max(1);
     serial::lock()
         .s("BLK-BENCH ")
@@ -326,14 +335,16 @@ fn run_phase(blk: &mut Blk, p: &Phase, buf_base: u64, bytes: u64) {
         .s(" bytes=")
         .u(total)
         .s(" ops=")
-        .u(p.count)
+        .u(done)
         .s(" depth=")
         .u(depth as u64)
+        .s(" ticks=")
+        .u(ticks)
         .s(" us=")
         .u(us)
         .s(" MBps=")
         .u(total / us)
         .s(" IOPS=")
-        .u(p.count * 1_000_000 / us)
+        .u(done * 1_000_000 / us)
         .s("\n");
 }

@@ -13,12 +13,18 @@ pub struct Options {
     pub echo: bool,
     /// `idle`: after the greeting, stay up doing nothing (for memory measurements).
     pub idle: bool,
+    /// `fill=<MiB>`: write a fixed non-zero pattern into this many MiB first (see `fill.rs`).
+    pub fill_mib: Option<u64>,
     /// `memwrite=<MiB>`: run the memory-writing workload over this many MiB.
     pub memwrite_mib: Option<u64>,
     /// `passes=<P>`: workload passes; 0 means forever (default 1).
     pub passes: u64,
     /// `dirty=<pages>`: pages touched per pass (default: every page of the region).
     pub dirty: Option<u64>,
+    /// `delay=<µs>`: pause between passes, to set the dirty rate (default 0).
+    pub delay_us: u64,
+    /// `show-gen`: memwrite progress lines also show the hypercall GENERATION register.
+    pub show_gen: bool,
     /// `hypercall-selftest`: exercise every hypercall, malformed ones included.
     pub hypercall_selftest: bool,
     /// `agent`: announce as guest agent and obey host requests (power off) forever.
@@ -47,9 +53,12 @@ pub unsafe fn parse(addr: u64) -> Options {
         exit_now: false,
         echo: false,
         idle: false,
+        fill_mib: None,
         memwrite_mib: None,
         passes: 1,
         dirty: None,
+        delay_us: 0,
+        show_gen: false,
         hypercall_selftest: false,
         agent: false,
         exit_code: None,
@@ -82,12 +91,18 @@ pub unsafe fn parse(addr: u64) -> Options {
             opts.echo = true;
         } else if word == b"idle" {
             opts.idle = true;
+        } else if let Some(v) = value(word, b"fill=") {
+            opts.fill_mib = Some(v);
         } else if let Some(v) = value(word, b"memwrite=") {
             opts.memwrite_mib = Some(v);
         } else if let Some(v) = value(word, b"passes=") {
             opts.passes = v;
         } else if let Some(v) = value(word, b"dirty=") {
             opts.dirty = Some(v);
+        } else if word == b"show-gen" {
+            opts.show_gen = true;
+        } else if let Some(v) = value(word, b"delay=") {
+            opts.delay_us = v;
         } else if word == b"hypercall-selftest" {
             opts.hypercall_selftest = true;
         } else if word == b"agent" {

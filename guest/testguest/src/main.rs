@@ -6,6 +6,7 @@ mod blk_workload;
 mod clock;
 mod cmdline;
 mod entry;
+mod fill;
 mod hypercall;
 mod io;
 mod mem;
@@ -59,6 +60,9 @@ pub extern "C" fn testguest_main(idx: u64, ncpus: u64, ram: u64, cmdline_addr: u
     if opts.echo {
         echo();
     }
+    if let Some(mib) = opts.fill_mib {
+        fill::fill(mib, ram);
+    }
     if opts.idle {
         serial::lock().s("TESTGUEST-IDLE\n");
         loop {
@@ -84,7 +88,7 @@ pub extern "C" fn testguest_main(idx: u64, ncpus: u64, ram: u64, cmdline_addr: u
         hypercall::agent();
     }
     if let Some(mib) = opts.memwrite_mib {
-        workload::memwrite(mib, opts.passes, opts.dirty, ram);
+        workload::memwrite(mib, opts.passes, opts.dirty, opts.delay_us, opts.show_gen, ram);
     }
 
     power::post(3);

@@ -1,6 +1,6 @@
 //! `net-selftest` and `net-bench=<MiB>`: virtio-net checks and throughput through the polling driver.
 //!
-//! Selftest: print `NET-MAC`, send one broadcast frame of ethertype 0x88b5 whose payload is
+//! Selftest: print `NET-MAC` and `NET-MTU`, send one broadcast frame of ethertype 0x88b5 whose payload is
 //! `PVNET-GUEST` then bytes `i as u8`, then wait for a frame from the host with payload
 //! `PVNET-HOST` then bytes `(i * 7) as u8` and check every byte (`NET-SELFTEST-OK`).
 //! Bench: `NET-BENCH-START tx`, send `MiB` of 1514-byte frames to 02:00:00:00:00:01 (a MAC
@@ -57,7 +57,7 @@ pub fn selftest(line: &[u8]) -> ! {
         }
         out.bytes(&[hex(b >> 4), hex(b & 15)]);
     }
-    out.s("\n");
+    out.s("\nNET-MTU ").u(u64::from(net.mtu)).s("\n");
     drop(out);
 
     let mut frame = [0u8; 14 + 11 + 100];
@@ -78,7 +78,10 @@ pub fn selftest(line: &[u8]) -> ! {
             Err(e) => fail("recv", Some(e)),
             Ok(Some(f)) if is_ours(f) && f[14..].starts_with(b"PVNET-HOST") => {
                 let body = &f[24..];
-                let bad = body.iter().enumerate().position(|(i, &b)| b != (i * 7) as u8);
+                let bad = body
+                    .iter()
+                    .enumerate()
+                    .position(|(i, &b)| b != (i * 7) as u8);
                 let mut out = serial::lock();
                 out.s("NET-SELFTEST-RX len=").u(f.len() as u64);
                 if let Some(i) = bad {

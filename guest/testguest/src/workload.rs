@@ -2,7 +2,8 @@
 //!
 //! Pass p writes into each touched 4 KiB page a header {MAGIC, page index, p} plus a few words
 //! derived from (page, p), after checking that the page still holds what pass p-1 wrote (pass 0:
-//! zeros). With `dirty=<n>` each pass touches the same n pages, spread evenly over the region.
+//! zeros). With `dirty=<n>` each pass touches the same n pages, spread evenly over the region;
+//! `delay=<µs>` waits between passes, so n pages per (pass time + delay) is the dirty rate.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -49,7 +50,14 @@ fn mix(mut z: u64) -> u64 {
 }
 
 /// Runs the workload and powers off (status 0 when all `passes` complete; `passes == 0`: forever).
-pub fn memwrite(mib: u64, passes: u64, dirty: Option<u64>, ram: u64) -> ! {
+pub fn memwrite(
+    mib: u64,
+    passes: u64,
+    dirty: Option<u64>,
+    delay_us: u64,
+    show_gen: bool,
+    ram: u64,
+) -> ! {
     let image_end = core::ptr::addr_of!(__image_end) as u64;
     let start = image_end.div_ceil(REGION_ALIGN) * REGION_ALIGN;
     let end = mib
@@ -89,6 +97,7 @@ pub fn memwrite(mib: u64, passes: u64, dirty: Option<u64>, ram: u64) -> ! {
         .s("\n");
 
     let print_gap = clock::ms_to_ticks(100);
+    let delay = clock::ms_to_ticks(1).saturating_mul(delay_us) / 1000;
     let mut last_print = clock::rdtsc();
     let mut pass: u64 = 0;
     loop {
@@ -128,10 +137,19 @@ pub fn memwrite(mib: u64, passes: u64, dirty: Option<u64>, ram: u64) -> ! {
         let now = clock::rdtsc();
         if pass <= 10 || pass == passes || now.wrapping_sub(last_print) >= print_gap {
             last_print = now;
-            serial::lock().s("memwrite pass=").u(pass).s(" ok\n");
+            let mut out = serial::lock();
+            out.s("memwrite pass=").u(pass).s(" ok");
+            if show_gen {
+                out.s(" gen=").u(u64::from(crate::hypercall::generation()));
+            }
+            out.s("\n");
         }
         if pass == passes {
             break;
+        }
+        let since = clock::rdtsc();
+        while clock::rdtsc().wrapping_sub(since) < delay {
+            core::hint::spin_loop();
         }
     }
     power::post(3);

@@ -36,7 +36,12 @@ pub fn start(path: &Path, vm: Arc<VmController>) -> Result<(), ApiServerError> {
         .name("api".into())
         .spawn(move || {
             for req in server.incoming_requests() {
-                handle(req, &vm);
+                // One thread per request: a long one (snapshot, migration) must not block
+                // `GET /vm` or the migration's progress.
+                let vm = vm.clone();
+                let _ = std::thread::Builder::new()
+                    .name("api-request".into())
+                    .spawn(move || handle(req, &vm));
             }
         })
         .map_err(|e| ApiServerError::Listen {
@@ -47,9 +52,10 @@ pub fn start(path: &Path, vm: Arc<VmController>) -> Result<(), ApiServerError> {
 }
 
 /// A reply: status and JSON body.
-type Reply = (u16, Value);
+pub type Reply = (u16, Value);
 
-fn error(status: u16, msg: impl std::fmt::Display) -> Reply {
+/// An error reply with a readable message.
+pub fn error(status: u16, msg: impl std::fmt::Display) -> Reply {
     (status, json!({ "error": msg.to_string() }))
 }
 
@@ -64,6 +70,15 @@ fn handle(mut req: Request, vm: &VmController) {
         resp = resp.with_header(h);
     }
     let _ = req.respond(resp);
+    // A request whose success ends this VM here (a migration) ends it after the answer is out.
+    if let Some(reason) = vm
+        .pending_exit
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+    {
+        vm.exit.request(reason);
+    }
 }
 
 fn read_body(req: &mut Request) -> Result<Value, Reply> {
@@ -105,6 +120,8 @@ fn route(method: &Method, url: &str, body: Value, vm: &VmController) -> Reply {
             },
             None => error(400, r#"expected {"path": "DIR"}"#),
         },
+        (_, "/actions" | "/balloon") => super::actions::route(method, url, &body, vm),
+        (_, "/migrate") => super::migrate::route(method, &body, vm),
         (_, "/vm" | "/snapshot/create") => error(405, format!("{method} is not allowed on {url}")),
         _ => error(404, format!("no resource {url}")),
     }

@@ -3,15 +3,18 @@
 
 use super::backend::{BackendError, RawFile};
 use super::request::{parse, Kind, Request};
+use super::worker::{Job, Pool};
 use super::{
     F_FLUSH, F_RO, F_SEG_MAX, F_SIZE_MAX, ID_BYTES, SECTOR_SIZE, SEG_MAX, SIZE_MAX, S_IOERR, S_OK,
 };
 use crate::virtio::{read_config_bytes, ActivateError, Interrupt, VirtioDevice, TYPE_BLOCK};
 use event_manager::{EventOps, Events, MutEventSubscriber};
+use std::os::unix::io::AsRawFd;
 use std::path::Path;
+use std::sync::Arc;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::bitmap::Bitmap;
-use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -19,6 +22,12 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 const QUEUE_SIZE: u16 = 256;
 /// Most chains served per wake-up before yielding the event loop to other devices.
 const BUDGET: usize = 4 * QUEUE_SIZE as usize;
+/// Reads of at least this many bytes go to the worker threads (several run at once); smaller
+/// ones run inline, where a hand-off costs more than the copy from the page cache.
+const PARALLEL_READ_MIN: u64 = 128 << 10;
+/// Writes of at least this many bytes go to the worker threads: even 4 KiB page-cache writes
+/// take long enough (file-system locking) that running them in parallel pays.
+const PARALLEL_WRITE_MIN: u64 = 4 << 10;
 
 /// Why a block device cannot be created.
 #[derive(Debug, thiserror::Error)]
@@ -29,11 +38,19 @@ pub enum BlockError {
     IdTooLong(String),
     #[error("cannot create an eventfd for the disk: {0}")]
     EventFd(std::io::Error),
+    #[error("cannot start the disk's I/O threads: {0}")]
+    Workers(std::io::Error),
 }
 
 /// A virtio-blk device over a raw image.
 pub struct Block {
-    backend: RawFile,
+    backend: Arc<RawFile>,
+    pool: Pool,
+    /// Bumped on every activation and reset: late completions of an old queue are dropped.
+    generation: u64,
+    /// Requests with the worker threads. At most a queue's worth: a driver that makes more
+    /// available (re-using heads still in flight) waits until some complete.
+    in_flight: usize,
     id: [u8; ID_BYTES],
     /// Usable bytes: the image size rounded down to whole sectors.
     capacity: u64,
@@ -71,7 +88,11 @@ impl Block {
         config[0..8].copy_from_slice(&(capacity / SECTOR_SIZE).to_le_bytes());
         config[8..12].copy_from_slice(&SIZE_MAX.to_le_bytes());
         config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
+        let backend = Arc::new(backend);
         Ok(Self {
+            pool: Pool::new(backend.clone()).map_err(BlockError::Workers)?,
+            generation: 0,
+            in_flight: 0,
             backend,
             id,
             capacity,
@@ -103,6 +124,9 @@ impl Block {
         let Self {
             active,
             backend,
+            pool,
+            generation,
+            in_flight,
             id,
             capacity,
             req,
@@ -110,6 +134,13 @@ impl Block {
             queue_evt,
             ..
         } = self;
+        let ctx = Ctx {
+            backend: backend.as_ref(),
+            pool,
+            generation: *generation,
+            id,
+            capacity: *capacity,
+        };
         let Some(Active {
             mem,
             queue,
@@ -126,16 +157,30 @@ impl Block {
                 break;
             }
             let mut popped = 0;
-            while let Some(chain) = queue.pop_descriptor_chain(&*mem) {
+            loop {
+                if *in_flight >= usize::from(QUEUE_SIZE) {
+                    break 'outer; // resumed by `complete_jobs`
+                }
+                let Some(chain) = queue.pop_descriptor_chain(&*mem) else {
+                    break;
+                };
                 let head = chain.head_index();
-                let (len, ok) = serve(mem, backend, id, *capacity, req, &mut iov, chain);
+                popped += 1;
+                let Some((len, ok)) = serve(mem, &ctx, head, req, &mut iov, chain) else {
+                    *in_flight += 1; // handed to a worker; completed in `complete_jobs`
+                    done += 1;
+                    if done >= BUDGET {
+                        let _ = queue_evt.write(1);
+                        break 'outer;
+                    }
+                    continue;
+                };
                 if !ok {
                     *errors += 1;
                 }
                 if queue.add_used(&*mem, head, len).is_err() {
                     break 'outer; // used ring unusable: the driver broke the queue
                 }
-                popped += 1;
                 done += 1;
                 if done >= BUDGET {
                     // Let other devices run; come back through our own eventfd.
@@ -157,29 +202,137 @@ impl Block {
     }
 }
 
-/// Runs one chain; returns the used length and whether it succeeded.
+impl Block {
+    /// Completes requests the worker threads finished.
+    pub(super) fn complete_jobs(&mut self) {
+        let finished = self.pool.take_done();
+        let was_full = self.in_flight >= usize::from(QUEUE_SIZE);
+        self.in_flight = self.in_flight.saturating_sub(finished.len());
+        let Some(Active {
+            mem,
+            queue,
+            interrupt,
+        }) = &mut self.active
+        else {
+            return;
+        };
+        let mut any = false;
+        for d in &finished {
+            if d.generation != self.generation {
+                continue; // the queue it belonged to was reset
+            }
+            let status = if d.ok { S_OK } else { S_IOERR };
+            let (len, ok) = finish(
+                mem,
+                d.status_addr,
+                status,
+                if d.ok { d.used_len } else { 0 },
+            );
+            if !ok {
+                self.errors += 1;
+            }
+            if queue.add_used(&*mem, d.head, len).is_err() {
+                break;
+            }
+            any = true;
+        }
+        if any && queue.needs_notification(&*mem).unwrap_or(true) {
+            interrupt.signal_used_queue();
+        }
+        if was_full {
+            self.process_queue(); // it stopped taking requests while the workers were full
+        }
+    }
+}
+
+/// What a request needs from the device besides guest memory and the queue.
+struct Ctx<'a> {
+    backend: &'a RawFile,
+    pool: &'a Pool,
+    generation: u64,
+    id: &'a [u8; ID_BYTES],
+    capacity: u64,
+}
+
+/// Runs one chain; returns the used length and whether it succeeded, or None when a worker
+/// thread took it over.
 fn serve(
     mem: &GuestMemoryMmap,
-    backend: &RawFile,
-    id: &[u8; ID_BYTES],
-    capacity: u64,
+    ctx: &Ctx,
+    head: u16,
     req: &mut Request,
     iov: &mut Vec<libc::iovec>,
     chain: impl Iterator<Item = virtio_queue::desc::split::Descriptor>,
-) -> (u32, bool) {
-    let (status_addr, verdict) = parse(chain, mem, capacity, backend.read_only(), req);
+) -> Option<(u32, bool)> {
+    let (status_addr, verdict) = parse(chain, mem, ctx.capacity, ctx.backend.read_only(), req);
     let Some(status_addr) = status_addr else {
-        return (0, false); // nowhere to report: the chain is dropped
+        return Some((0, false)); // nowhere to report: the chain is dropped
     };
     let (status, written) = match verdict {
         Err(e) => (e.status(), 0),
-        Ok(()) => execute(mem, backend, id, req, iov),
+        Ok(()) if parallel(req) => match hand_off(mem, ctx, head, status_addr, req) {
+            Ok(()) => return None,
+            Err(()) => (S_IOERR, 0),
+        },
+        Ok(()) => execute(mem, ctx.backend, ctx.id, req, iov),
     };
+    Some(finish(mem, status_addr, status, written))
+}
+
+/// Whether a validated request goes to the worker threads.
+fn parallel(req: &Request) -> bool {
+    match req.kind {
+        Some(Kind::Read) => req.len >= PARALLEL_READ_MIN,
+        Some(Kind::Write) => req.len >= PARALLEL_WRITE_MIN,
+        _ => false,
+    }
+}
+
+/// Writes the status byte; returns the used length and whether the request succeeded.
+fn finish(
+    mem: &GuestMemoryMmap,
+    status_addr: GuestAddress,
+    status: u8,
+    written: u32,
+) -> (u32, bool) {
     if mem.write_obj(status, status_addr).is_err() {
         return (0, false);
     }
     // `written` is at most SEG_MAX * SIZE_MAX bytes, far below u32::MAX.
     (written.saturating_add(1), status == S_OK)
+}
+
+/// Gives a large read or write to the worker threads.
+fn hand_off(
+    mem: &GuestMemoryMmap,
+    ctx: &Ctx,
+    head: u16,
+    status_addr: GuestAddress,
+    req: &Request,
+) -> Result<(), ()> {
+    let read = match req.kind {
+        Some(Kind::Read) => true,
+        Some(Kind::Write) => false,
+        _ => return Err(()),
+    };
+    let mut iov = Vec::with_capacity(req.segments.len());
+    guest_iovecs(mem, req, &mut iov).map_err(|_| ())?;
+    let job = Job {
+        head,
+        status_addr,
+        used_len: if read { req.len as u32 } else { 0 },
+        generation: ctx.generation,
+        read,
+        offset: req.sector * SECTOR_SIZE, // range checked by `parse`
+        iov,
+        segments: req.segments.clone(),
+        mem: mem.clone(),
+    };
+    if ctx.pool.submit(job) {
+        Ok(())
+    } else {
+        Err(())
+    }
 }
 
 /// Performs a validated request; returns the status and the bytes written into guest memory.
@@ -298,6 +451,7 @@ impl VirtioDevice for Block {
                 want: 1,
             });
         }
+        self.generation += 1;
         self.active = Some(Active {
             mem,
             queue: queues.remove(0),
@@ -308,6 +462,7 @@ impl VirtioDevice for Block {
         Ok(())
     }
     fn reset(&mut self) {
+        self.generation += 1;
         self.active = None;
     }
 }
@@ -315,10 +470,15 @@ impl VirtioDevice for Block {
 impl MutEventSubscriber for Block {
     fn init(&mut self, ops: &mut EventOps) {
         let _ = ops.add(Events::new(&self.queue_evt, EventSet::IN));
+        let _ = ops.add(Events::new(self.pool.done_evt(), EventSet::IN));
     }
 
-    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
-        let _ = self.queue_evt.read();
-        self.process_queue();
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.fd() == self.pool.done_evt().as_raw_fd() {
+            self.complete_jobs();
+        } else {
+            let _ = self.queue_evt.read();
+            self.process_queue();
+        }
     }
 }

@@ -1,11 +1,13 @@
 //! virtio-blk: a raw disk image served to the guest (read, write, flush, get-id, read-only).
 //!
 //! `request.rs` turns a descriptor chain into a validated request, `backend.rs` does the file I/O
-//! straight into and out of guest memory, `device.rs` is the virtio device and its queue loop.
+//! straight into and out of guest memory, `device.rs` is the virtio device and its queue loop,
+//! `worker.rs` the threads that run large reads and writes in parallel.
 
 pub mod backend;
 pub mod device;
 pub mod request;
+pub mod worker;
 
 pub use backend::{BackendError, RawFile};
 pub use device::{Block, BlockError};

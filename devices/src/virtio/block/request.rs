@@ -69,7 +69,11 @@ pub enum RequestError {
     #[error("the data length {0} is not a multiple of {SECTOR_SIZE}")]
     Unaligned(u64),
     #[error("sectors {sector}+{len} bytes lie outside the disk ({capacity} bytes)")]
-    OutOfRange { sector: u64, len: u64, capacity: u64 },
+    OutOfRange {
+        sector: u64,
+        len: u64,
+        capacity: u64,
+    },
     #[error("the disk is read-only")]
     ReadOnly,
     #[error("request type {0} is not supported")]
@@ -157,7 +161,9 @@ pub fn parse(
     let Some(status) = status else {
         return (None, Err(RequestError::NoStatus));
     };
-    let verdict = validate(first, count, too_many, too_long, mem, capacity, read_only, req);
+    let verdict = validate(
+        first, count, too_many, too_long, mem, capacity, read_only, req,
+    );
     (Some(status), verdict)
 }
 
@@ -214,7 +220,7 @@ fn validate(
                 return Err(RequestError::ReadOnly);
             }
             check_directions(req, !write)?;
-            if req.len % SECTOR_SIZE != 0 {
+            if !req.len.is_multiple_of(SECTOR_SIZE) {
                 return Err(RequestError::Unaligned(req.len));
             }
             let in_range = sector
@@ -235,7 +241,11 @@ fn validate(
 
 /// Every data segment must be device-writable (`device_writes`) or device-readable (not).
 fn check_directions(req: &Request, device_writes: bool) -> Result<(), RequestError> {
-    if req.segments.iter().all(|s| s.device_writes == device_writes) {
+    if req
+        .segments
+        .iter()
+        .all(|s| s.device_writes == device_writes)
+    {
         Ok(())
     } else {
         Err(RequestError::WrongDirection)

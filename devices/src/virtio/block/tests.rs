@@ -2,9 +2,7 @@
 //! or an ignored request (never a panic, a hang, or an access outside guest memory or the disk).
 
 use super::device::{for_test, Block};
-use super::{
-    RawFile, F_RO, S_IOERR, S_OK, S_UNSUPP, T_FLUSH, T_GET_ID, T_IN, T_OUT,
-};
+use super::{RawFile, F_RO, S_IOERR, S_OK, S_UNSUPP, T_FLUSH, T_GET_ID, T_IN, T_OUT};
 use crate::virtio::{Interrupt, VirtioDevice};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::{Queue, QueueT};
@@ -20,7 +18,7 @@ const QSIZE: u16 = 16;
 const HDR: u64 = 0x1_0000;
 const DATA: u64 = 0x2_0000;
 const STATUS: u64 = 0x3_0000;
-const DISK: u64 = 64 * 1024;
+const DISK: u64 = 1 << 20;
 
 struct Rig {
     _file: TempFile,
@@ -94,16 +92,7 @@ impl Rig {
             .write_obj(avail_idx, self.avail_addr.unchecked_add(2))
             .unwrap();
         self.dev.process_queue();
-        let used_idx: u16 = self.mem.read_obj(self.used_addr.unchecked_add(2)).unwrap();
-        let mut out = Vec::new();
-        while self.seen_used != used_idx {
-            let at = 4 + 8 * u64::from(self.seen_used % QSIZE);
-            let id: u32 = self.mem.read_obj(self.used_addr.unchecked_add(at)).unwrap();
-            let len: u32 = self.mem.read_obj(self.used_addr.unchecked_add(at + 4)).unwrap();
-            out.push((id, len));
-            self.seen_used = self.seen_used.wrapping_add(1);
-        }
-        out
+        self.collect_used()
     }
 
     /// A well-formed chain header -> data... -> status, in descriptor slots 0.. .
@@ -116,6 +105,35 @@ impl Rig {
         descs.push(d(STATUS, 1, WRITE, 0));
         assert_eq!(descs.len(), usize::from(n));
         self.submit_raw(&descs)
+    }
+
+    /// Waits for the worker threads and completes their requests; returns the new used elements.
+    fn wait_jobs(&mut self) -> Vec<(u32, u32)> {
+        let start = std::time::Instant::now();
+        loop {
+            self.dev.complete_jobs();
+            let used = self.collect_used();
+            if !used.is_empty() || start.elapsed() > std::time::Duration::from_secs(10) {
+                return used;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    fn collect_used(&mut self) -> Vec<(u32, u32)> {
+        let used_idx: u16 = self.mem.read_obj(self.used_addr.unchecked_add(2)).unwrap();
+        let mut out = Vec::new();
+        while self.seen_used != used_idx {
+            let at = 4 + 8 * u64::from(self.seen_used % QSIZE);
+            let id: u32 = self.mem.read_obj(self.used_addr.unchecked_add(at)).unwrap();
+            let len: u32 = self
+                .mem
+                .read_obj(self.used_addr.unchecked_add(at + 4))
+                .unwrap();
+            out.push((id, len));
+            self.seen_used = self.seen_used.wrapping_add(1);
+        }
+        out
     }
 
     fn status(&self) -> u8 {
@@ -140,18 +158,55 @@ fn write_then_read_round_trip() {
     assert_eq!(&r.disk()[1024..2048], &pattern[..]);
 
     r.header(T_IN, 2);
-    r.mem.write_slice(&[0u8; 1024], GuestAddress(DATA + 0x1000)).unwrap();
+    r.mem
+        .write_slice(&[0u8; 1024], GuestAddress(DATA + 0x1000))
+        .unwrap();
     let used = r.submit(&[(DATA + 0x1000, 1024, true)]);
     assert_eq!(used, vec![(0, 1025)]);
     assert_eq!(r.status(), S_OK);
     let mut back = vec![0u8; 1024];
-    r.mem.read_slice(&mut back, GuestAddress(DATA + 0x1000)).unwrap();
+    r.mem
+        .read_slice(&mut back, GuestAddress(DATA + 0x1000))
+        .unwrap();
     assert_eq!(back, pattern);
 
     r.header(T_FLUSH, 0);
     assert_eq!(r.submit(&[]), vec![(0, 1)]);
     assert_eq!(r.status(), S_OK);
     assert_eq!(r.dev.errors(), 0);
+}
+
+#[test]
+fn large_requests_run_on_the_worker_threads() {
+    let mut r = rig(false);
+    let len: u32 = 256 << 10;
+    let pattern: Vec<u8> = (0..len).map(|i| (i / 512 + i) as u8).collect();
+    // Buffers clear of the header and status bytes at 0x10000 and 0x30000.
+    let src = 0x4_0000;
+    r.mem.write_slice(&pattern, GuestAddress(src)).unwrap();
+    r.header(T_OUT, 8);
+    assert!(
+        r.submit(&[(src, len, false)]).is_empty(),
+        "completed inline"
+    );
+    let used = r.wait_jobs();
+    assert_eq!(used, vec![(0, 1)]);
+    assert_eq!(r.status(), S_OK);
+    assert_eq!(&r.disk()[4096..4096 + len as usize], &pattern[..]);
+
+    let back = 0x8_0000;
+    r.header(T_IN, 8);
+    assert!(r.submit(&[(back, len, true)]).is_empty());
+    assert_eq!(r.wait_jobs(), vec![(0, len + 1)]);
+    assert_eq!(r.status(), S_OK);
+    let mut got = vec![0u8; len as usize];
+    r.mem.read_slice(&mut got, GuestAddress(back)).unwrap();
+    assert_eq!(got, pattern);
+
+    // A large read whose buffer runs out of guest memory fails without reaching a worker.
+    r.header(T_IN, 0);
+    assert_eq!(r.submit(&[(MEM_SIZE - 4096, len, true)]), vec![(0, 1)]);
+    assert_eq!(r.status(), S_IOERR);
 }
 
 #[test]
@@ -174,7 +229,9 @@ fn get_id_and_config() {
 fn read_only_disk_refuses_writes() {
     let mut r = rig(true);
     assert_ne!(r.dev.features() & F_RO, 0);
-    r.mem.write_slice(&[0x55u8; 512], GuestAddress(DATA)).unwrap();
+    r.mem
+        .write_slice(&[0x55u8; 512], GuestAddress(DATA))
+        .unwrap();
     r.header(T_OUT, 0);
     assert_eq!(r.submit(&[(DATA, 512, false)]), vec![(0, 1)]);
     assert_eq!(r.status(), S_IOERR);
@@ -192,10 +249,10 @@ fn sectors_past_the_end_are_refused() {
     let mut r = rig(false);
     let last = DISK / 512 - 1;
     for (sector, len) in [
-        (last, 1024u32),      // crosses the end
-        (last + 1, 512),      // starts at the end
+        (last, 1024u32),       // crosses the end
+        (last + 1, 512),       // starts at the end
         (u64::MAX / 512, 512), // sector * 512 overflows past u64 after adding len
-        (u64::MAX, 512),      // sector * 512 overflows
+        (u64::MAX, 512),       // sector * 512 overflows
     ] {
         r.header(T_IN, sector);
         r.submit(&[(DATA, len, true)]);
@@ -251,7 +308,9 @@ fn wrong_directions_and_bad_lengths_are_io_errors() {
 #[test]
 fn buffers_outside_guest_memory_are_io_errors() {
     let mut r = rig(false);
-    r.mem.write_slice(&[0x77u8; 512], GuestAddress(DATA)).unwrap();
+    r.mem
+        .write_slice(&[0x77u8; 512], GuestAddress(DATA))
+        .unwrap();
     r.header(T_OUT, 0);
     r.submit(&[(DATA, 512, false)]);
     assert_eq!(r.status(), S_OK);
@@ -344,7 +403,9 @@ fn too_many_segments_are_refused() {
             _ if i == n - 1 => d(STATUS, 1, WRITE, 0),
             _ => d(DATA, 512, NEXT | WRITE, i + 1),
         };
-        r.mem.write_obj(desc, GuestAddress(table + 16 * u64::from(i))).unwrap();
+        r.mem
+            .write_obj(desc, GuestAddress(table + 16 * u64::from(i)))
+            .unwrap();
     }
     r.header(T_IN, 0);
     r.submit_raw(&[d(table, 16 * u32::from(n), INDIRECT, 0)]);

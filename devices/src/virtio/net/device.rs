@@ -21,6 +21,8 @@ const EV_TX: u32 = 2;
 /// Most frames moved per queue per event: a guest that keeps its queue full cannot starve the
 /// other devices on the loop (the device kicks itself to continue).
 const BUDGET: usize = 256;
+/// Available-ring flag: the driver polls and wants no interrupts.
+const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
 
 /// Why a descriptor chain was refused (the chain is returned to the guest with length 0).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -61,7 +63,7 @@ struct Active {
 /// The network device.
 pub struct Net {
     tap: Tap,
-    config: [u8; 8],
+    config: [u8; 12],
     evts: [EventFd; 2],
     active: Option<Active>,
     /// The tap reported data and has not yet returned `WouldBlock` (it is watched edge-triggered).
@@ -77,11 +79,13 @@ pub struct Net {
 }
 
 impl Net {
-    /// A device over `tap` with MAC address `mac`.
+    /// A device over `tap` with MAC address `mac`; the guest is told the tap's MTU.
     pub fn new(tap: Tap, mac: MacAddr) -> std::io::Result<Self> {
+        // 1500 when the tap will not say; any u16 MTU plus its Ethernet header fits `MAX_FRAME`.
+        let mtu = tap.mtu().unwrap_or(1500).clamp(68, 65535) as u16;
         Ok(Self {
             tap,
-            config: config_space(mac),
+            config: config_space(mac, mtu),
             evts: [EventFd::new(EFD_NONBLOCK)?, EventFd::new(EFD_NONBLOCK)?],
             active: None,
             tap_readable: true,
@@ -122,6 +126,9 @@ impl Net {
         };
         let mut used = 0;
         let mut more = false;
+        let mut rechecked = false;
+        // While buffers last, the guest need not kick the receive queue.
+        let _ = a.queues[RX].disable_notification(&a.mem);
         for n in 0.. {
             if n == BUDGET {
                 more = true;
@@ -148,8 +155,14 @@ impl Net {
             }
             let q = &mut a.queues[RX];
             let Some(chain) = q.pop_descriptor_chain(&a.mem) else {
-                break; // no buffers: the frame waits, the tap is not read until the guest kicks
+                // No buffers: the frame waits and the tap is not read until the guest kicks,
+                // which it does only with notifications enabled (re-checked once for a race).
+                if wait_for_kick(&a.mem, q, &mut rechecked) {
+                    continue;
+                }
+                break;
             };
+            rechecked = false;
             let head = chain.head_index();
             let frame = &self.rx_frame[..self.rx_len];
             match scatter(&a.mem, chain, frame, &mut self.rx_descs) {
@@ -177,8 +190,8 @@ impl Net {
                 }
             }
         }
-        if used > 0 && a.queues[RX].needs_notification(&a.mem).unwrap_or(true) {
-            a.interrupt.signal_used_queue();
+        if used > 0 {
+            notify(&a.mem, &mut a.queues[RX], &a.interrupt);
         }
         if more {
             let _ = self.evts[RX].write(1);
@@ -192,15 +205,22 @@ impl Net {
         };
         let mut used = 0;
         let mut more = false;
+        let mut rechecked = false;
+        // No kicks needed while the device is draining the queue anyway.
+        let _ = a.queues[TX].disable_notification(&a.mem);
         for n in 0.. {
             if n == BUDGET {
-                more = true;
+                more = true; // notifications stay off: the self-kick below continues
                 break;
             }
             let q = &mut a.queues[TX];
             let Some(chain) = q.pop_descriptor_chain(&a.mem) else {
+                if wait_for_kick(&a.mem, q, &mut rechecked) {
+                    continue;
+                }
                 break;
             };
+            rechecked = false;
             let head = chain.head_index();
             match gather(&a.mem, chain, &mut self.tx_frame) {
                 Ok(len) => {
@@ -222,12 +242,36 @@ impl Net {
             }
             used += 1;
         }
-        if used > 0 && a.queues[TX].needs_notification(&a.mem).unwrap_or(true) {
-            a.interrupt.signal_used_queue();
+        if used > 0 {
+            notify(&a.mem, &mut a.queues[TX], &a.interrupt);
         }
         if more {
             let _ = self.evts[TX].write(1);
         }
+    }
+}
+
+/// The queue looks empty: turn the driver's notifications back on. True when buffers arrived in
+/// the meantime (notifications are then off again and the caller goes on); each empty look gets
+/// one such re-check, so a ring whose index lies cannot keep the device spinning.
+fn wait_for_kick(mem: &GuestMemoryMmap, q: &mut Queue, rechecked: &mut bool) -> bool {
+    let more = matches!(q.enable_notification(mem), Ok(true));
+    if more && !*rechecked {
+        let _ = q.disable_notification(mem);
+        *rechecked = true;
+        return true;
+    }
+    false
+}
+
+/// Interrupt the driver about new used buffers in `q`, unless it asked not to be
+/// (VRING_AVAIL_F_NO_INTERRUPT in the available ring's flags; EVENT_IDX is not offered).
+fn notify(mem: &GuestMemoryMmap, q: &mut Queue, interrupt: &Interrupt) {
+    let flags = mem
+        .read_obj::<u16>(GuestAddress(q.avail_ring()))
+        .map_or(0, u16::from_le);
+    if flags & VRING_AVAIL_F_NO_INTERRUPT == 0 && q.needs_notification(mem).unwrap_or(true) {
+        interrupt.signal_used_queue();
     }
 }
 

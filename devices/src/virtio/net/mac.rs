@@ -87,11 +87,27 @@ mod tests {
 
     #[test]
     fn refuses_bad_addresses() {
-        for bad in ["", "02:00:00:00:00", "02:00:00:00:00:00:00", "0g:00:00:00:00:01", "2:0:0:0:0:1", "+2:00:00:00:00:01"] {
-            assert!(matches!(bad.parse::<MacAddr>(), Err(MacError::Syntax(_))), "{bad}");
+        for bad in [
+            "",
+            "02:00:00:00:00",
+            "02:00:00:00:00:00:00",
+            "0g:00:00:00:00:01",
+            "2:0:0:0:0:1",
+            "+2:00:00:00:00:01",
+        ] {
+            assert!(
+                matches!(bad.parse::<MacAddr>(), Err(MacError::Syntax(_))),
+                "{bad}"
+            );
         }
-        assert!(matches!("01:00:5e:00:00:01".parse::<MacAddr>(), Err(MacError::Multicast(_))));
-        assert!(matches!("00:00:00:00:00:00".parse::<MacAddr>(), Err(MacError::Zero(_))));
+        assert!(matches!(
+            "01:00:5e:00:00:01".parse::<MacAddr>(),
+            Err(MacError::Multicast(_))
+        ));
+        assert!(matches!(
+            "00:00:00:00:00:00".parse::<MacAddr>(),
+            Err(MacError::Zero(_))
+        ));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use super::HDR_LEN;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 const TUN_PATH: &str = "/dev/net/tun";
@@ -100,9 +100,15 @@ impl Tap {
         };
         let hdr: libc::c_int = HDR_LEN as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads one int from the pointer, which points at `hdr`.
-        tap.check(unsafe { libc::ioctl(tap.file.as_raw_fd(), TUNSETVNETHDRSZ, &hdr) }, "TUNSETVNETHDRSZ")?;
+        tap.check(
+            unsafe { libc::ioctl(tap.file.as_raw_fd(), TUNSETVNETHDRSZ, &hdr) },
+            "TUNSETVNETHDRSZ",
+        )?;
         // SAFETY: TUNSETOFFLOAD takes its argument by value (0: no offloads); no memory is passed.
-        tap.check(unsafe { libc::ioctl(tap.file.as_raw_fd(), TUNSETOFFLOAD, 0 as libc::c_ulong) }, "TUNSETOFFLOAD")?;
+        tap.check(
+            unsafe { libc::ioctl(tap.file.as_raw_fd(), TUNSETOFFLOAD, 0 as libc::c_ulong) },
+            "TUNSETOFFLOAD",
+        )?;
         Ok(tap)
     }
 
@@ -129,6 +135,34 @@ impl Tap {
     /// The interface name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The interface's MTU (as `ip link` shows it), from the calling process's network namespace.
+    pub fn mtu(&self) -> std::io::Result<u32> {
+        // SAFETY: creates a socket used only for the ioctl below; closed by `OwnedFd`.
+        let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor nobody else owns.
+        let sock = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        let mut req = IfReq {
+            name: [0; IFNAMSIZ],
+            flags: 0,
+            _pad: [0; 22],
+        };
+        let n = self.name.len().min(IFNAMSIZ - 1);
+        req.name[..n].copy_from_slice(&self.name.as_bytes()[..n]);
+        // SAFETY: SIOCGIFMTU reads the name and writes an int at the union offset of a 40-byte
+        // `struct ifreq`; `req` is one and lives across the call.
+        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut req) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // ifr_mtu overlays the first 4 bytes after the name (where `flags` sits).
+        let mut b = [0u8; 4];
+        b[..2].copy_from_slice(&req.flags.to_ne_bytes());
+        b[2..].copy_from_slice(&req._pad[..2]);
+        Ok(u32::from_ne_bytes(b))
     }
 
     /// Read one frame (header included) into `buf`; `WouldBlock` when none is waiting.

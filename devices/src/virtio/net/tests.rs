@@ -23,11 +23,17 @@ struct Rig {
     net: Net,
     /// The host side of the "tap".
     peer: File,
+    /// The device's interrupt eventfd.
+    irq: EventFd,
 }
 
 /// A device on a SOCK_SEQPACKET pair (one frame per read, like a tap), activated with the queues
 /// of `rx` and `tx`.
-fn rig(mem: &GuestMemoryMmap, rx: &MockSplitQueue<GuestMemoryMmap>, tx: &MockSplitQueue<GuestMemoryMmap>) -> Rig {
+fn rig(
+    mem: &GuestMemoryMmap,
+    rx: &MockSplitQueue<GuestMemoryMmap>,
+    tx: &MockSplitQueue<GuestMemoryMmap>,
+) -> Rig {
     let mut fds = [0; 2];
     // SAFETY: socketpair writes two descriptors into the two-element array.
     let rc = unsafe {
@@ -43,12 +49,18 @@ fn rig(mem: &GuestMemoryMmap, rx: &MockSplitQueue<GuestMemoryMmap>, tx: &MockSpl
     let (a, b) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
     let mut net = Net::new(Tap::from_file(a, "test0"), MacAddr([2, 0, 0, 0, 0, 1])).unwrap();
     let queues: Vec<Queue> = vec![rx.create_queue().unwrap(), tx.create_queue().unwrap()];
-    let irq = EventFd::new(0).unwrap();
-    net.activate(mem.clone(), queues, Interrupt::new(irq)).unwrap();
+    let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    net.activate(
+        mem.clone(),
+        queues,
+        Interrupt::new(irq.try_clone().unwrap()),
+    )
+    .unwrap();
     Rig {
         mem: mem.clone(),
         net,
         peer: b,
+        irq,
     }
 }
 
@@ -106,6 +118,9 @@ fn transmits_a_frame_with_its_header_cleared() {
     assert_eq!(&got[0][HDR_LEN..], &frame[..]);
     assert_eq!(used(&txq), vec![(0, 0)]);
     assert_eq!(r.net.stats().tx_frames, 1);
+    // The queue is drained: the driver must kick again next time (VRING_USED_F_NO_NOTIFY clear).
+    let flags: u16 = r.mem.read_obj(txq.used_addr()).unwrap();
+    assert_eq!(flags, 0);
 }
 
 #[test]
@@ -120,6 +135,9 @@ fn receives_a_frame_and_waits_for_buffers() {
     // No receive buffers yet: the frame waits.
     r.net.tap_ready();
     assert_eq!(r.net.stats().rx_frames, 0);
+    // Waiting for buffers: the driver's kick must be asked for.
+    let flags: u16 = r.mem.read_obj(rxq.used_addr()).unwrap();
+    assert_eq!(flags, 0);
     // A buffer split in two pieces.
     rxq.add_desc_chains(
         &[
@@ -230,7 +248,8 @@ fn frames_larger_than_the_buffers_are_dropped_and_the_buffers_kept() {
     let mut r = rig(&mem, &rxq, &txq);
     r.peer.write_all(&vec![1u8; HDR_LEN + 3000]).unwrap();
     r.peer.write_all(&vec![2u8; HDR_LEN + 1000]).unwrap();
-    rxq.add_desc_chains(&[desc(BUF, 1600, F_WRITE, 0)], 0).unwrap();
+    rxq.add_desc_chains(&[desc(BUF, 1600, F_WRITE, 0)], 0)
+        .unwrap();
     r.net.tap_ready();
     let s = r.net.stats();
     assert_eq!((s.rx_dropped, s.rx_frames), (1, 1), "{s:?}");
@@ -254,4 +273,27 @@ fn a_broken_avail_index_is_survived() {
     r.net.tap_ready();
     assert_eq!(used(&txq).len(), 0);
     assert_eq!(r.net.stats().tx_frames, 0);
+}
+
+#[test]
+fn a_polling_driver_gets_no_interrupts() {
+    let mem = memory();
+    let rxq = MockSplitQueue::create(&mem, GuestAddress(0x1000), 16);
+    let txq = MockSplitQueue::create(&mem, GuestAddress(0x4000), 16);
+    let mut r = rig(&mem, &rxq, &txq);
+    let frame = [0u8; HDR_LEN + 60];
+    mem.write_slice(&frame, GuestAddress(BUF)).unwrap();
+    // VRING_AVAIL_F_NO_INTERRUPT set: the frame goes out, no interrupt.
+    mem.write_obj(1u16, txq.avail_addr()).unwrap();
+    txq.add_desc_chains(&[desc(BUF, frame.len() as u32, 0, 0)], 0)
+        .unwrap();
+    r.net.process_tx();
+    assert_eq!(r.net.stats().tx_frames, 1);
+    assert!(r.irq.read().is_err(), "interrupt despite NO_INTERRUPT");
+    // Flag cleared: the next completion interrupts.
+    mem.write_obj(0u16, txq.avail_addr()).unwrap();
+    txq.add_desc_chains(&[desc(BUF, frame.len() as u32, 0, 0)], 1)
+        .unwrap();
+    r.net.process_tx();
+    assert_eq!(r.irq.read().unwrap(), 1);
 }

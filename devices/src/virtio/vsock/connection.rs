@@ -70,7 +70,13 @@ impl Connection {
     /// A connection the guest asked for (REQUEST from guest port `peer_port` to host port
     /// `local_port`), already connected to the host's listener: it answers RESPONSE.
     pub fn guest_initiated(stream: UnixStream, hdr: &Header, guest_cid: u64) -> Self {
-        let mut c = Self::new(stream, hdr.dst_port, hdr.src_port, guest_cid, State::Established);
+        let mut c = Self::new(
+            stream,
+            hdr.dst_port,
+            hdr.src_port,
+            guest_cid,
+            State::Established,
+        );
         c.peer_buf_alloc = hdr.buf_alloc;
         c.peer_fwd_cnt = hdr.fwd_cnt;
         c.pending = PEND_RESPONSE;
@@ -176,7 +182,7 @@ impl Connection {
         self.flush_to_host();
     }
 
-    /// Write buffered guest data to the host stream (non-blocking); returns false on error.
+    /// Write buffered guest data to the host stream (non-blocking); a broken stream resets.
     pub fn flush_to_host(&mut self) {
         while !self.to_host.is_empty() {
             match self.stream.write(&self.to_host) {
@@ -290,7 +296,9 @@ impl Connection {
             }
         }
         if self.can_read_host() {
-            let n = room.min(self.peer_credit() as usize).min(MAX_PAYLOAD as usize);
+            let n = room
+                .min(self.peer_credit() as usize)
+                .min(MAX_PAYLOAD as usize);
             if n > 0 {
                 let start = data.len();
                 data.resize(start + n, 0);
@@ -311,8 +319,7 @@ impl Connection {
                     }
                     Err(e) => {
                         data.truncate(start);
-                        if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted
-                        {
+                        if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted {
                             self.host_readable = false;
                         } else {
                             self.reset(true);

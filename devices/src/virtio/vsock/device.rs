@@ -7,7 +7,7 @@ use crate::virtio::{read_config_bytes, ActivateError, Interrupt, VirtioDevice, T
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::io::{Read, Write};
 use std::path::Path;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -15,7 +15,6 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 const QUEUE_SIZE: u16 = 256;
 const RX: usize = 0;
 const TX: usize = 1;
-const EVT: usize = 2;
 /// Event-loop token of the muxer's epoll set.
 const MUXER: u32 = 3;
 
@@ -218,10 +217,10 @@ impl MutEventSubscriber for Vsock {
                 if let Some(evt) = self.queue_evts.get(i as usize) {
                     let _ = evt.read();
                 }
+                // RX kicks just mean new buffers; the event queue (transport resets) is unused.
                 if i as usize == TX {
                     self.process_tx();
                 }
-                let _ = EVT; // the event queue only carries transport resets, never sent here
             }
         }
         self.process_rx();
@@ -238,7 +237,8 @@ mod tests {
     const CID: u64 = 3;
 
     fn device(name: &str) -> (Vsock, std::path::PathBuf) {
-        let d = std::env::temp_dir().join(format!("plainvm-vsockdev-{}-{name}", std::process::id()));
+        let d =
+            std::env::temp_dir().join(format!("plainvm-vsockdev-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         let p = d.join("v.sock");
@@ -292,7 +292,8 @@ mod tests {
     fn malformed_tx_chains_do_not_break_the_device() {
         let (mut dev, _p) = device("malformed");
         let (mem, mut rx, mut tx) = activate(&mut dev);
-        let put = |addr: u64, h: Header| mem.write_slice(&h.to_bytes(), GuestAddress(addr)).unwrap();
+        let put =
+            |addr: u64, h: Header| mem.write_slice(&h.to_bytes(), GuestAddress(addr)).unwrap();
         // 1: header shorter than 44 bytes.
         tx.add(&mem, &[(0x5_0000, 20, false)]);
         // 2: payload length beyond the buffer.

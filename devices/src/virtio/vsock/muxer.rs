@@ -187,7 +187,9 @@ impl Muxer {
         let Some(p) = self.pending_host.remove(&fd) else {
             return;
         };
-        let _ = self.epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+        let _ = self
+            .epoll
+            .ctl(ControlOperation::Delete, fd, EpollEvent::default());
         let Some(peer_port) = port else {
             return; // bad request: drop the stream
         };
@@ -286,7 +288,11 @@ impl Muxer {
                 (false, true) => ControlOperation::Delete,
                 (false, false) => ControlOperation::Modify,
             };
-            if self.epoll.ctl(op, fd, EpollEvent::new(want, fd as u64)).is_ok() {
+            if self
+                .epoll
+                .ctl(op, fd, EpollEvent::new(want, fd as u64))
+                .is_ok()
+            {
                 c.registered = want;
             } else {
                 c.reset(true);
@@ -495,8 +501,11 @@ mod tests {
             m.handle_events();
         }
         let mut buf = [0u8; 8];
-        assert_eq!(a.read(&mut buf).unwrap(), 0, "closed");
-        assert_eq!(b.read(&mut buf).unwrap(), 0, "closed");
+        for s in [&mut a, &mut b] {
+            // Closed (a reset when the device left the rest of the bytes unread).
+            let r = s.read(&mut buf);
+            assert!(matches!(r, Ok(0)) || r.is_err(), "{r:?}");
+        }
         assert_eq!(m.connections(), 0);
         assert!(!m.has_rx());
     }

@@ -3,6 +3,8 @@
 
 use super::{dma_alloc, Buf, Device, Error, Queue, TYPE_NET};
 
+/// VIRTIO_NET_F_MTU: the link MTU is in the config space.
+const F_MTU: u64 = 1 << 3;
 /// VIRTIO_NET_F_MAC: the MAC address is in the config space.
 const F_MAC: u64 = 1 << 5;
 /// Size of `virtio_net_hdr` with VERSION_1.
@@ -22,6 +24,8 @@ pub struct Net {
     txq: Queue,
     /// The device's MAC (config space).
     pub mac: [u8; 6],
+    /// The link MTU the device reports (1500 when it reports none).
+    pub mtu: u16,
     rx_bufs: &'static mut [u8],
     tx_bufs: &'static mut [u8],
     /// Buffer slot of each outstanding chain, by head id.
@@ -43,7 +47,7 @@ impl Net {
     }
 
     fn init(dev: Device) -> Result<Net, Error> {
-        let feats = dev.negotiate(F_MAC)?;
+        let feats = dev.negotiate(F_MAC | F_MTU)?;
         let rxq = Queue::new(&dev, 0, QSIZE)?;
         let txq = Queue::new(&dev, 1, QSIZE)?;
         let mut mac = [0u8; 6];
@@ -52,6 +56,11 @@ impl Net {
                 *b = dev.config_u8(i as u64);
             }
         }
+        let mtu = if feats & F_MTU != 0 {
+            dev.config_u16(10)
+        } else {
+            1500
+        };
         let n = usize::from(QSIZE) * BUF;
         let (Some(rx_bufs), Some(tx_bufs)) = (dma_alloc(n), dma_alloc(n)) else {
             return Err(Error::OutOfQueueMemory);
@@ -60,6 +69,7 @@ impl Net {
             rxq,
             txq,
             mac,
+            mtu,
             rx_bufs,
             tx_bufs,
             rx_slot: [0; QSIZE as usize],
@@ -123,7 +133,9 @@ impl Net {
         let b = &mut self.tx_bufs[off..off + HDR + len];
         b[..HDR].fill(0);
         b[HDR..].copy_from_slice(&frame[..len]);
-        let head = self.txq.push(&[Buf::out(b.as_ptr() as u64, (HDR + len) as u32)])?;
+        let head = self
+            .txq
+            .push(&[Buf::out(b.as_ptr() as u64, (HDR + len) as u32)])?;
         self.tx_slot[usize::from(head)] = slot;
         Ok(())
     }

@@ -1,0 +1,464 @@
+//! Live migration with the ring-3 test guest's memory-writing workload as the witness: over
+//! loopback, between two network namespaces, under a workload that outruns the link, and with
+//! failures injected at named points (the source must keep running until the commit point).
+
+use plainvm_tests::*;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+
+/// A fresh loopback port per migration in this process.
+fn port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    20000 + (std::process::id() % 2000) as u16 * 10 + NEXT.fetch_add(1, Ordering::SeqCst)
+}
+
+struct Pair {
+    dir: PathBuf,
+    sock: PathBuf,
+    src: BackgroundVm,
+}
+
+/// Start a source VM running the workload `cmdline` with `mem` of memory.
+fn source(name: &str, mem: &str, cmdline: &str) -> Pair {
+    let dir = scratch(name);
+    let sock = dir.join("src.sock");
+    let src = BackgroundVm::start(
+        &[
+            "run",
+            "--api-sock",
+            sock.to_str().unwrap(),
+            "--memory",
+            mem,
+            "--cpus",
+            "2",
+            "--cmdline",
+            cmdline,
+        ],
+        &dir.join("src.out"),
+    );
+    src.wait_for("memwrite pass=5 ok", T);
+    Pair { dir, sock, src }
+}
+
+fn receiver(dir: &Path, listen: &str, extra: &[&str], env: &[(&str, &str)]) -> BackgroundVm {
+    let mut args = vec!["receive", "--listen", listen];
+    args.extend_from_slice(extra);
+    let vm = BackgroundVm::start_env(&args, &dir.join("dst.out"), env);
+    vm.wait_for("waiting for a migration", T);
+    vm
+}
+
+fn migrate(sock: &Path, to: &str, extra: &[&str]) -> Outcome {
+    let mut args = vec!["migrate", "--api-sock", sock.to_str().unwrap(), "--to", to];
+    args.extend_from_slice(extra);
+    plainvm(&args, Duration::from_secs(120))
+}
+
+/// The workload keeps going at the destination from where it was, every page checked.
+fn assert_continues(dst: &BackgroundVm, before: u64) {
+    let target = format!("memwrite pass={} ok", before + 20);
+    let _ = target;
+    let start = std::time::Instant::now();
+    while last_memwrite_pass(&dst.output()) < before + 20 {
+        assert!(
+            start.elapsed() < T,
+            "destination did not continue: {}",
+            dst.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = dst.output();
+    assert!(!out.contains("CORRUPT"), "{out}");
+    assert!(
+        !out.contains("hello from vCPU"),
+        "the guest booted again: {out}"
+    );
+    assert!(first_memwrite_pass(&out) >= before, "{out}");
+}
+
+/// The source is still running its workload (after a failed migration).
+fn assert_source_runs(p: &Pair) {
+    let before = last_memwrite_pass(&p.src.output());
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(
+        last_memwrite_pass(&p.src.output()) > before,
+        "source stopped: {}",
+        p.src.output()
+    );
+    let o = plainvm(&["info", "--api-sock", p.sock.to_str().unwrap()], T);
+    assert!(o.stdout.contains("\"Running\""), "{}", o.dump());
+    assert!(!p.src.output().contains("CORRUPT"));
+}
+
+#[test]
+fn migrates_over_loopback_and_the_workload_continues() {
+    let mut p = source(
+        "loop",
+        "512M",
+        "memwrite=128 passes=0 dirty=4096 delay=2000 show-gen",
+    );
+    let to = format!("tcp:127.0.0.1:{}", port());
+    let dst = receiver(&p.dir, &to, &[], &[]);
+    let o = migrate(&p.sock, &to, &["--downtime-ms", "50"]);
+    assert_eq!(o.status, Some(0), "{}\n--- dst\n{}", o.dump(), dst.output());
+    assert!(o.stdout.contains("migrated: downtime"), "{}", o.dump());
+    // The source hands over and exits cleanly.
+    assert_eq!(p.src.wait(T), Some(0), "{}", p.src.output());
+    assert!(p.src.output().contains("migrated to"), "{}", p.src.output());
+    let at = last_memwrite_pass(&p.src.output());
+    assert_continues(&dst, at);
+    assert_eq!(last_generation(&p.src.output()), Some(0));
+    assert_eq!(last_generation(&dst.output()), Some(1), "{}", dst.output());
+}
+
+#[test]
+fn encrypted_migration_between_two_network_namespaces() {
+    let ns = NetnsPair::new("mig");
+    let key = scratch("key").join("key");
+    std::fs::write(&key, [7u8; 32]).unwrap();
+    let p = source_in(
+        "netns",
+        &ns.a,
+        "256M",
+        "memwrite=64 passes=0 dirty=1024 delay=1000",
+    );
+    let to = format!("tcp:{}:{}", ns.b_addr, port());
+    let dst = receiver_in(&p.dir, &ns.b, &to, &["--key", key.to_str().unwrap()]);
+    let o = migrate(&p.sock, &to, &["--key", key.to_str().unwrap()]);
+    assert_eq!(o.status, Some(0), "{}\n--- dst\n{}", o.dump(), dst.output());
+    let at = last_memwrite_pass(&p.src.output());
+    assert_continues(&dst, at);
+}
+
+#[test]
+fn a_workload_that_outruns_the_link_converges_by_throttling_or_times_out() {
+    // A link of 10 MB/s (a proxy that paces the stream) and a guest rewriting 32 MiB per pass.
+    let p = source("fast", "128M", "memwrite=32 passes=0");
+    let real = format!("127.0.0.1:{}", port());
+    let mut dst = receiver(&p.dir, &format!("tcp:{real}"), &[], &[]);
+    let front = proxy(&real, Proxy::Rate(10_000_000));
+    let o = migrate(
+        &p.sock,
+        &format!("tcp:{front}"),
+        &["--timeout-s", "3", "--on-timeout", "cancel"],
+    );
+    assert_ne!(o.status, Some(0), "{}", o.dump());
+    assert!(o.stderr.contains("did not converge"), "{}", o.dump());
+    assert_ne!(dst.wait(T), Some(0), "{}", dst.output());
+    assert!(
+        dst.output().contains("nothing runs here"),
+        "{}",
+        dst.output()
+    );
+    assert_source_runs(&p);
+
+    let real = format!("127.0.0.1:{}", port());
+    let dst = receiver(&p.dir, &format!("tcp:{real}"), &[], &[]);
+    let front = proxy(&real, Proxy::Rate(10_000_000));
+    let o = migrate(
+        &p.sock,
+        &format!("tcp:{front}"),
+        &["--timeout-s", "3", "--on-timeout", "force"],
+    );
+    assert_eq!(o.status, Some(0), "{}\n--- dst\n{}", o.dump(), dst.output());
+    let at = last_memwrite_pass(&p.src.output());
+    assert_continues(&dst, at);
+
+    // A 40 MB/s link and a guest sweeping all of a 32 MiB region over and over: faster than the
+    // link at full speed, slower once the throttle holds its vCPUs back, so it converges.
+    let p = source("throttle", "128M", "memwrite=32 passes=0");
+    let real = format!("127.0.0.1:{}", port());
+    let dst = receiver(&p.dir, &format!("tcp:{real}"), &[], &[]);
+    let front = proxy(&real, Proxy::Rate(40_000_000));
+    let o = migrate(&p.sock, &format!("tcp:{front}"), &["--timeout-s", "100"]);
+    assert_eq!(o.status, Some(0), "{}\n--- dst\n{}", o.dump(), dst.output());
+    assert!(
+        !o.stdout.contains("throttled up to 0%"),
+        "converged without throttling: {}",
+        o.dump()
+    );
+    let at = last_memwrite_pass(&p.src.output());
+    assert_continues(&dst, at);
+}
+
+#[test]
+fn failures_before_the_commit_leave_the_source_running() {
+    let p = source("fail", "256M", "memwrite=32 passes=0 dirty=512 delay=1000");
+
+    // Destination dies in the final phase, before it is ready: the source resumes.
+    let to = format!("tcp:127.0.0.1:{}", port());
+    let dst = receiver(
+        &p.dir,
+        &to,
+        &[],
+        &[("PLAINVM_FAULT", "dest-exit-before-state-ready")],
+    );
+    let o = migrate(&p.sock, &to, &[]);
+    assert_ne!(o.status, Some(0), "{}", o.dump());
+    assert!(dst.output().contains("fault injection"), "{}", dst.output());
+    assert_source_runs(&p);
+
+    // Destination killed during the memory passes (a large, fast-changing guest keeps it busy).
+    let to = format!("tcp:127.0.0.1:{}", port());
+    let mut dst = receiver(&p.dir, &to, &[], &[]);
+    let sock = p.sock.clone();
+    let to2 = to.clone();
+    let m = std::thread::spawn(move || migrate(&sock, &to2, &["--downtime-ms", "1"]));
+    dst.wait_for("pass 1 received", T);
+    dst.kill();
+    let o = m.join().unwrap();
+    assert_ne!(o.status, Some(0), "{}", o.dump());
+    assert_source_runs(&p);
+
+    // A wrong key, a corrupted stream, a truncated stream.
+    let k1 = p.dir.join("k1");
+    let k2 = p.dir.join("k2");
+    std::fs::write(&k1, [1u8; 32]).unwrap();
+    std::fs::write(&k2, [2u8; 32]).unwrap();
+    let to = format!("tcp:127.0.0.1:{}", port());
+    let mut dst = receiver(&p.dir, &to, &["--key", k2.to_str().unwrap()], &[]);
+    let o = migrate(&p.sock, &to, &["--key", k1.to_str().unwrap()]);
+    assert_ne!(o.status, Some(0), "{}", o.dump());
+    assert_ne!(dst.wait(T), Some(0));
+    assert!(dst.output().contains("authentication"), "{}", dst.output());
+    assert_source_runs(&p);
+
+    for (what, mode) in [
+        ("corrupt", Proxy::FlipAt(300_000)),
+        ("truncate", Proxy::CutAt(300_000)),
+    ] {
+        let real = format!("127.0.0.1:{}", port());
+        let mut dst = receiver(&p.dir, &format!("tcp:{real}"), &[], &[]);
+        let front = proxy(&real, mode);
+        let o = migrate(&p.sock, &format!("tcp:{front}"), &[]);
+        assert_ne!(o.status, Some(0), "{what}: {}", o.dump());
+        assert_ne!(dst.wait(T), Some(0), "{what}: {}", dst.output());
+        assert!(
+            dst.output().contains("nothing runs here"),
+            "{what}: {}",
+            dst.output()
+        );
+        assert_source_runs(&p);
+    }
+
+    // A peer speaking another protocol version.
+    let real = format!("127.0.0.1:{}", port());
+    let fake = TcpListener::bind(&real).unwrap();
+    let t = std::thread::spawn(move || {
+        let (mut s, _) = fake.accept().unwrap();
+        let mut pre = [0u8; 16];
+        let _ = s.read_exact(&mut pre);
+        let mut ans = b"PLVMMIG\0".to_vec();
+        ans.extend_from_slice(&2u32.to_le_bytes());
+        ans.push(1);
+        let _ = s.write_all(&ans);
+    });
+    let o = migrate(&p.sock, &format!("tcp:{real}"), &[]);
+    t.join().unwrap();
+    assert_ne!(o.status, Some(0));
+    assert!(o.stderr.contains("version mismatch"), "{}", o.dump());
+    assert_source_runs(&p);
+
+    let to = format!("127.0.0.1:{}", port());
+    let mut dst = receiver(&p.dir, &format!("tcp:{to}"), &[], &[]);
+    let mut s = TcpStream::connect(&to).unwrap();
+    let mut pre = b"PLVMMIG\0".to_vec();
+    pre.extend_from_slice(&99u32.to_le_bytes());
+    pre.extend_from_slice(&0u32.to_le_bytes());
+    s.write_all(&pre).unwrap();
+    assert_ne!(dst.wait(T), Some(0));
+    assert!(
+        dst.output().contains("version mismatch"),
+        "{}",
+        dst.output()
+    );
+}
+
+#[test]
+fn source_death_and_a_broken_commit_never_leave_two_running_copies() {
+    // The source dies during the passes: the destination discards everything.
+    let dir = scratch("srcdeath");
+    let sock = dir.join("src.sock");
+    let src = BackgroundVm::start_env(
+        &[
+            "run",
+            "--api-sock",
+            sock.to_str().unwrap(),
+            "--cmdline",
+            "memwrite=16 passes=0 dirty=256 delay=1000",
+        ],
+        &dir.join("src.out"),
+        &[("PLAINVM_FAULT", "source-exit-in-passes")],
+    );
+    src.wait_for("memwrite pass=5 ok", T);
+    let to = format!("tcp:127.0.0.1:{}", port());
+    let mut dst = receiver(&dir, &to, &[], &[]);
+    let _ = migrate(&sock, &to, &[]);
+    assert_ne!(dst.wait(T), Some(0), "{}", dst.output());
+    assert!(
+        dst.output().contains("nothing runs here"),
+        "{}",
+        dst.output()
+    );
+    assert!(!dst.output().contains("memwrite pass"), "{}", dst.output());
+
+    // The link breaks right after the commit: the destination runs, the source stays paused.
+    let p = source(
+        "commit",
+        "128M",
+        "memwrite=16 passes=0 dirty=256 delay=1000",
+    );
+    let to = format!("tcp:127.0.0.1:{}", port());
+    let dst = receiver(
+        &p.dir,
+        &to,
+        &[],
+        &[("PLAINVM_FAULT", "dest-drop-link-after-commit")],
+    );
+    let o = migrate(&p.sock, &to, &[]);
+    assert_ne!(o.status, Some(0), "{}", o.dump());
+    assert!(o.stderr.contains("stays PAUSED"), "{}", o.dump());
+    let o = plainvm(&["info", "--api-sock", p.sock.to_str().unwrap()], T);
+    assert!(o.stdout.contains("\"Paused\""), "{}", o.dump());
+    let at = last_memwrite_pass(&p.src.output());
+    assert_continues(&dst, at);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(last_memwrite_pass(&p.src.output()), at, "the source ran on");
+}
+
+/// What the test proxy does to the source's stream.
+#[derive(Clone, Copy)]
+enum Proxy {
+    FlipAt(usize),
+    CutAt(usize),
+    /// Forward at most this many bytes per second (a slow link).
+    Rate(u64),
+}
+
+/// A one-connection TCP proxy to `real` that damages the source-to-destination direction.
+fn proxy(real: &str, mode: Proxy) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let front = l.local_addr().unwrap().to_string();
+    let real = real.to_string();
+    std::thread::spawn(move || {
+        let (mut a, _) = l.accept().unwrap();
+        let mut b = TcpStream::connect(&real).unwrap();
+        let (mut a2, mut b2) = (a.try_clone().unwrap(), b.try_clone().unwrap());
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut b2, &mut a2);
+        });
+        let mut buf = [0u8; 65536];
+        let mut total = 0usize;
+        let started = std::time::Instant::now();
+        loop {
+            let n = match a.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            match mode {
+                Proxy::FlipAt(at) if total <= at && at < total + n => buf[at - total] ^= 0x55,
+                Proxy::CutAt(at) if total + n > at => {
+                    let _ = b.write_all(&buf[..at - total]);
+                    break;
+                }
+                Proxy::Rate(bps) => {
+                    let due = Duration::from_secs_f64(total as f64 / bps as f64);
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+                _ => {}
+            }
+            if b.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            total += n;
+        }
+        let _ = b.shutdown(std::net::Shutdown::Both);
+        let _ = a.shutdown(std::net::Shutdown::Both);
+    });
+    front
+}
+
+/// Two network namespaces joined by a veth pair: two "hosts".
+struct NetnsPair {
+    a: String,
+    b: String,
+    b_addr: String,
+}
+
+impl NetnsPair {
+    fn new(tag: &str) -> Self {
+        let id = std::process::id() % 10000;
+        let (a, b) = (format!("pv{tag}a{id}"), format!("pv{tag}b{id}"));
+        let sh = |c: &str| {
+            let ok = Command::new("sh")
+                .args(["-c", c])
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "failed: {c}");
+        };
+        sh(&format!("ip netns add {a} && ip netns add {b}"));
+        sh(&format!(
+            "ip link add va{id} netns {a} type veth peer name vb{id} netns {b} && \
+             ip -n {a} addr add 10.231.0.1/24 dev va{id} && ip -n {b} addr add 10.231.0.2/24 dev vb{id} && \
+             ip -n {a} link set va{id} up && ip -n {b} link set vb{id} up && \
+             ip -n {a} link set lo up && ip -n {b} link set lo up"
+        ));
+        Self {
+            a,
+            b,
+            b_addr: "10.231.0.2".into(),
+        }
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.a]).status();
+        let _ = Command::new("ip").args(["netns", "del", &self.b]).status();
+    }
+}
+
+fn source_in(name: &str, ns: &str, mem: &str, cmdline: &str) -> Pair {
+    let dir = scratch(name);
+    let sock = dir.join("src.sock");
+    let bin = plainvm_bin();
+    let src = BackgroundVm::start_cmd(
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(bin)
+            .args([
+                "run",
+                "--api-sock",
+                sock.to_str().unwrap(),
+                "--memory",
+                mem,
+                "--cmdline",
+                cmdline,
+            ]),
+        &dir.join("src.out"),
+    );
+    src.wait_for("memwrite pass=5 ok", T);
+    Pair { dir, sock, src }
+}
+
+fn receiver_in(dir: &Path, ns: &str, listen: &str, extra: &[&str]) -> BackgroundVm {
+    let vm = BackgroundVm::start_cmd(
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(plainvm_bin())
+            .args(["receive", "--listen", listen])
+            .args(extra),
+        &dir.join("dst.out"),
+    );
+    vm.wait_for("waiting for a migration", T);
+    vm
+}

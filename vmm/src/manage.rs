@@ -1,0 +1,321 @@
+//! The operator's subcommands over many VMs: `ls`, `stop`, `kill` and `balloon`, built on the
+//! registry (names) and the control API.
+
+use crate::api::client::{request, ClientError};
+use crate::registry::{self, Entry};
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Exit status of `stop` when the guest did not power off in time and was stopped by force.
+pub const STOP_FORCED: i32 = 2;
+/// How long `ls` waits for one VM's API (a busy host answers slowly).
+const LS_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many VMs `ls` asks at the same time.
+const LS_PARALLEL: usize = 64;
+
+/// Errors of the operator commands.
+#[derive(Debug, thiserror::Error)]
+pub enum ManageError {
+    #[error(transparent)]
+    Registry(#[from] registry::RegistryError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("name the VM: `plainvm {0} NAME` (see `plainvm ls`), or give its --api-sock")]
+    NoTarget(&'static str),
+    #[error("give the VM either as NAME or with --name, not both")]
+    TwoNames,
+    #[error("cannot tell which process serves {0}: its API does not answer and no registry entry names it")]
+    NoPid(PathBuf),
+    #[error("process {pid} did not end after SIGKILL within {secs} s")]
+    Unkillable { pid: i32, secs: u64 },
+    #[error(transparent)]
+    Size(#[from] crate::config::ConfigError),
+}
+
+/// A VM as a subcommand names it: positional NAME, `--name NAME` or `--api-sock PATH`.
+pub struct Target<'a> {
+    pub name: Option<&'a str>,
+    pub name_flag: Option<&'a str>,
+    pub api_sock: Option<&'a Path>,
+}
+
+/// A resolved target: its API socket and, when found through the registry, its entry.
+pub struct Resolved {
+    pub label: String,
+    pub sock: PathBuf,
+    pub entry: Option<Entry>,
+}
+
+impl Target<'_> {
+    /// Find the VM's API socket (`--api-sock` wins over the name).
+    pub fn resolve(&self, verb: &'static str) -> Result<Resolved, ManageError> {
+        let name = match (self.name, self.name_flag) {
+            (Some(_), Some(_)) => return Err(ManageError::TwoNames),
+            (a, b) => a.or(b),
+        };
+        if name.is_none() && self.api_sock.is_none() {
+            return Err(ManageError::NoTarget(verb));
+        }
+        let (sock, entry) = registry::resolve(name, self.api_sock)?;
+        let label = match (name, self.api_sock) {
+            (Some(n), _) => n.to_string(),
+            (None, Some(p)) => p.display().to_string(),
+            (None, None) => String::new(),
+        };
+        Ok(Resolved { label, sock, entry })
+    }
+}
+
+/// One line of `ls`.
+#[derive(Serialize)]
+pub struct VmRow {
+    pub name: String,
+    pub pid: i32,
+    /// Running or Paused from the API; Starting while the API is not up yet (first seconds);
+    /// Unresponsive when the process lives but its API does not answer.
+    pub state: String,
+    pub vcpus: u8,
+    pub memory_bytes: u64,
+    /// Resident memory of the VMM process (guest RAM it touched included).
+    pub rss_bytes: u64,
+    pub uptime_s: u64,
+    pub api_sock: PathBuf,
+    /// A guest agent obeys power requests (`stop` is graceful).
+    pub agent: bool,
+}
+
+/// VmRSS of `pid` from /proc/PID/status, in bytes.
+pub fn rss_bytes(pid: i32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib << 10)
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The live VMs with their state (stale entries are removed on the way).
+pub fn rows() -> Vec<VmRow> {
+    let entries = registry::list();
+    let mut out = Vec::with_capacity(entries.len());
+    // Ask many VMs at once: on a loaded host each answer waits for its API thread to be
+    // scheduled, and one by one that adds up.
+    for chunk in entries.chunks(LS_PARALLEL) {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = chunk
+                .iter()
+                .map(|e| s.spawn(move || row(e.clone())))
+                .collect();
+            out.extend(handles.into_iter().filter_map(|h| h.join().ok().flatten()));
+        });
+    }
+    out
+}
+
+/// One VM's row (None: it ended meanwhile).
+fn row(e: Entry) -> Option<VmRow> {
+    let uptime_s = now_unix().saturating_sub(e.started_unix);
+    let (state, agent) = match request(&e.api_sock, "GET", "/vm", None, LS_TIMEOUT) {
+        Ok(v) => (
+            v.get("state")
+                .and_then(Value::as_str)
+                .unwrap_or("Unknown")
+                .to_string(),
+            v.get("agent").and_then(Value::as_bool).unwrap_or(false),
+        ),
+        Err(_) if uptime_s < 10 => ("Starting".to_string(), false),
+        Err(_) => ("Unresponsive".to_string(), false),
+    };
+    // It may have ended while we asked.
+    if !e.is_live() {
+        registry::remove_stale(&e.name);
+        return None;
+    }
+    Some(VmRow {
+        rss_bytes: rss_bytes(e.pid).unwrap_or(0),
+        name: e.name,
+        pid: e.pid,
+        state,
+        vcpus: e.config.cpus,
+        memory_bytes: e.config.memory_bytes,
+        uptime_s,
+        api_sock: e.api_sock,
+        agent,
+    })
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1}M", bytes as f64 / f64::from(1 << 20))
+}
+
+fn duration(s: u64) -> String {
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// `plainvm ls [--json]`: the text table or a JSON array.
+pub fn ls(as_json: bool) -> String {
+    let rows = rows();
+    if as_json {
+        return serde_json::to_string_pretty(&rows).unwrap_or_default();
+    }
+    let mut out = format!(
+        "{:<24} {:>8} {:<12} {:>5} {:>9} {:>9} {:>8}\n",
+        "NAME", "PID", "STATE", "VCPUS", "MEMORY", "RSS", "UPTIME"
+    );
+    for r in &rows {
+        out.push_str(&format!(
+            "{:<24} {:>8} {:<12} {:>5} {:>9} {:>9} {:>8}\n",
+            r.name,
+            r.pid,
+            r.state,
+            r.vcpus,
+            mib(r.memory_bytes),
+            mib(r.rss_bytes),
+            duration(r.uptime_s)
+        ));
+    }
+    out
+}
+
+/// The process behind a resolved VM and its start time (from the entry, else from GET /vm).
+fn process_of(t: &Resolved) -> Result<(i32, u64), ManageError> {
+    if let Some(e) = &t.entry {
+        return Ok((e.pid, e.proc_start));
+    }
+    let v = request(&t.sock, "GET", "/vm", None, LS_TIMEOUT)?;
+    let pid = v
+        .get("pid")
+        .and_then(Value::as_i64)
+        .and_then(|p| i32::try_from(p).ok())
+        .ok_or_else(|| ManageError::NoPid(t.sock.clone()))?;
+    let start = registry::proc_start_time(pid).ok_or_else(|| ManageError::NoPid(t.sock.clone()))?;
+    Ok((pid, start))
+}
+
+/// Wait until the process ends; true if it did within `limit`.
+fn wait_gone(pid: i32, start: u64, limit: Duration) -> bool {
+    let t0 = Instant::now();
+    while registry::process_alive(pid, start) {
+        if t0.elapsed() >= limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// End the VM now: the API's kill action, then SIGKILL if it is still there after a moment.
+/// Returns how it ended.
+fn force(t: &Resolved, pid: i32, start: u64) -> Result<&'static str, ManageError> {
+    let asked = request(
+        &t.sock,
+        "PUT",
+        "/actions",
+        Some(&json!({"action": "kill"})),
+        Duration::from_secs(1),
+    )
+    .is_ok();
+    if asked && wait_gone(pid, start, Duration::from_secs(2)) {
+        return Ok("through its API");
+    }
+    if registry::process_alive(pid, start) {
+        // SAFETY: kill(2) has no memory-safety preconditions; pid and start time were checked
+        // just above, so this is the VMM process we mean.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        if !wait_gone(pid, start, Duration::from_secs(5)) {
+            return Err(ManageError::Unkillable { pid, secs: 5 });
+        }
+    }
+    if let Some(e) = &t.entry {
+        registry::remove_stale(&e.name);
+    }
+    Ok("with SIGKILL")
+}
+
+/// `plainvm kill`: end the VM at once. Prints what happened.
+pub fn kill(t: &Target) -> Result<i32, ManageError> {
+    let r = t.resolve("kill")?;
+    let (pid, start) = process_of(&r)?;
+    let how = force(&r, pid, start)?;
+    println!("{}: killed {how}", r.label);
+    Ok(0)
+}
+
+/// `plainvm stop`: ask the guest agent to power off; after `timeout` (or at once when no agent
+/// ever answers within it) stop the VM by force. Exit status 0: graceful, `STOP_FORCED`: forced.
+pub fn stop(t: &Target, timeout: Duration) -> Result<i32, ManageError> {
+    let r = t.resolve("stop")?;
+    let (pid, start) = process_of(&r)?;
+    let deadline = Instant::now() + timeout;
+    let mut posted = false;
+    let mut last_error = String::from("no guest agent announced itself");
+    loop {
+        if !registry::process_alive(pid, start) {
+            let how = match posted {
+                true => "stopped gracefully: the guest agent powered it off",
+                false => "ended by itself before a power-off request reached it",
+            };
+            println!("{}: {how}", r.label);
+            if let Some(e) = &r.entry {
+                registry::remove_stale(&e.name);
+            }
+            return Ok(0);
+        }
+        if !posted {
+            match request(
+                &r.sock,
+                "PUT",
+                "/actions",
+                Some(&json!({"action": "stop"})),
+                Duration::from_secs(2),
+            ) {
+                Ok(_) => {
+                    posted = true;
+                    eprintln!("plainvm: {}: asked the guest agent to power off", r.label);
+                }
+                // 409: no agent (yet: a booting guest may still start one). Keep asking.
+                Err(ClientError::Api { message, .. }) => last_error = message,
+                Err(e) => last_error = e.to_string(),
+            }
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let why = match posted {
+        true => "the guest agent did not power off".to_string(),
+        false => last_error,
+    };
+    let how = force(&r, pid, start)?;
+    println!(
+        "{}: forced stop after {} s ({why}); killed {how}",
+        r.label,
+        timeout.as_secs()
+    );
+    Ok(STOP_FORCED)
+}
+
+/// `plainvm balloon NAME SIZE`: set the balloon to take SIZE from the guest.
+pub fn balloon(t: &Target, size: &str) -> Result<Value, ManageError> {
+    let r = t.resolve("balloon")?;
+    let bytes = crate::config::parse_size(size)?;
+    Ok(request(
+        &r.sock,
+        "PATCH",
+        "/balloon",
+        Some(&json!({"amount_mib": bytes >> 20})),
+        Duration::from_secs(10),
+    )?)
+}

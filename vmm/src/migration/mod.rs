@@ -1,0 +1,51 @@
+//! Live migration: a running VM moves to another plainvm over TCP while it keeps running.
+//! The protocol is documented in docs/migration.md.
+
+pub mod converge;
+pub mod fault;
+pub mod frame;
+pub mod pages;
+pub mod receiver;
+pub mod sender;
+
+use std::net::SocketAddr;
+
+/// Errors common to both ends.
+#[derive(Debug, thiserror::Error)]
+pub enum AddrError {
+    #[error("'{0}' is not a migration address: use tcp:HOST:PORT")]
+    Bad(String),
+}
+
+/// Parse `tcp:HOST:PORT`.
+pub fn parse_tcp(s: &str) -> Result<SocketAddr, AddrError> {
+    use std::net::ToSocketAddrs;
+    let rest = s
+        .strip_prefix("tcp:")
+        .ok_or_else(|| AddrError::Bad(s.into()))?;
+    rest.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| AddrError::Bad(s.into()))
+}
+
+/// Read a migration key file: 32 bytes, raw or as 64 hex digits.
+pub fn read_key(path: &std::path::Path) -> Result<[u8; 32], String> {
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("cannot read key file {}: {e}", path.display()))?;
+    let text = String::from_utf8_lossy(&bytes);
+    let hex = text.trim();
+    if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        let mut k = [0u8; 32];
+        for (i, k) in k.iter_mut().enumerate() {
+            *k = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(0);
+        }
+        return Ok(k);
+    }
+    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
+        format!(
+            "key file {} must hold 32 bytes or 64 hex digits (e.g. `head -c 32 /dev/urandom > key`)",
+            path.display()
+        )
+    })
+}

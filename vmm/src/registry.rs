@@ -1,0 +1,341 @@
+//! The VM registry: one runtime directory per named VM (its API socket and a `vm.json` with pid,
+//! start time and configuration), so VMs can be found, listed and stopped by name.
+//!
+//! Layout: `$PLAINVM_RUNTIME_DIR/NAME/` if that variable is set, else `/run/plainvm/NAME/` as root
+//! and `$XDG_RUNTIME_DIR/plainvm/NAME/` (or `/tmp/plainvm-UID/NAME/`) otherwise. An entry is live
+//! while the process it names (pid plus the kernel's start time of that pid, so a reused pid does
+//! not count) exists; anything else is stale and removed when seen.
+
+use crate::config::VmConfig;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The file with the entry's details inside a VM's directory.
+pub const ENTRY_FILE: &str = "vm.json";
+/// The API socket's name inside a VM's directory.
+pub const SOCKET_FILE: &str = "api.sock";
+/// Longest VM name (it is a directory name and part of a unix socket path, which is short).
+pub const MAX_NAME: usize = 64;
+
+/// Errors of the registry.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("invalid VM name '{0}': use 1 to {MAX_NAME} letters, digits, '-', '_' or '.', not starting with '.' or '-'")]
+    BadName(String),
+    #[error("a VM named '{name}' is already running (pid {pid}): pick another --name, or stop it with `plainvm stop {name}`")]
+    NameTaken { name: String, pid: i32 },
+    #[error("no running VM is named '{0}' (see `plainvm ls`)")]
+    NotFound(String),
+    #[error("cannot {what} {path}: {source} (set PLAINVM_RUNTIME_DIR to a writable directory?)")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the API socket path {0} is too long for a unix socket (at most 107 bytes): use a shorter name or PLAINVM_RUNTIME_DIR")]
+    SocketPathTooLong(PathBuf),
+}
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RegistryError + 'a {
+    move |source| RegistryError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What `vm.json` holds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Entry {
+    pub name: String,
+    pub pid: i32,
+    /// The pid's start time in clock ticks since boot (/proc/PID/stat field 22).
+    pub proc_start: u64,
+    /// Wall-clock start, seconds since the Unix epoch.
+    pub started_unix: u64,
+    /// The VM's API socket (inside the VM's directory unless `--api-sock` named another).
+    pub api_sock: PathBuf,
+    pub config: VmConfig,
+}
+
+/// The directory holding every VM's directory.
+pub fn runtime_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("PLAINVM_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return d.into();
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    if uid == 0 {
+        return "/run/plainvm".into();
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Some(d) => PathBuf::from(d).join("plainvm"),
+        None => PathBuf::from(format!("/tmp/plainvm-{uid}")),
+    }
+}
+
+/// Check a user-given name.
+pub fn check_name(name: &str) -> Result<(), RegistryError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && !name.starts_with(['.', '-'])
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(RegistryError::BadName(name.to_string()))
+    }
+}
+
+/// A generated name: `vm-<pid>` (unique among live processes).
+pub fn generated_name() -> String {
+    format!("vm-{}", std::process::id())
+}
+
+/// The directory of VM `name`.
+pub fn vm_dir(name: &str) -> PathBuf {
+    runtime_dir().join(name)
+}
+
+/// The default API socket of VM `name`.
+pub fn default_socket(name: &str) -> PathBuf {
+    vm_dir(name).join(SOCKET_FILE)
+}
+
+/// The kernel's start time of process `pid` (None: no such process, or it has ended and is
+/// only waiting to be reaped).
+pub fn proc_start_time(pid: i32) -> Option<u64> {
+    if pid <= 0 {
+        return None;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields count from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    // After ')': field 3 (state) is index 0, so field 22 (starttime) is index 19.
+    if matches!(fields.next(), Some("Z" | "X" | "x")) {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
+}
+
+/// True while process `pid` started at `start` (from `proc_start_time`) runs.
+pub fn process_alive(pid: i32, start: u64) -> bool {
+    proc_start_time(pid) == Some(start)
+}
+
+impl Entry {
+    /// True while the process that wrote this entry runs.
+    pub fn is_live(&self) -> bool {
+        process_alive(self.pid, self.proc_start)
+    }
+}
+
+/// Read the entry of VM `name` (None: absent or unreadable).
+pub fn read_entry(name: &str) -> Option<Entry> {
+    let text = std::fs::read_to_string(vm_dir(name).join(ENTRY_FILE)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// The live entry of VM `name`; a stale one is removed.
+pub fn lookup(name: &str) -> Result<Entry, RegistryError> {
+    check_name(name)?;
+    match read_entry(name) {
+        Some(e) if e.is_live() => Ok(e),
+        _ => {
+            remove_stale(name);
+            Err(RegistryError::NotFound(name.to_string()))
+        }
+    }
+}
+
+/// Remove the directory of a VM whose process is gone (or never finished registering).
+pub fn remove_stale(name: &str) {
+    let dir = vm_dir(name);
+    if dir.join(ENTRY_FILE).exists() || dir.exists() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// Every live VM, sorted by name; stale entries are removed on the way.
+pub fn list() -> Vec<Entry> {
+    let Ok(rd) = std::fs::read_dir(runtime_dir()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for d in rd.flatten() {
+        let Some(name) = d.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if check_name(&name).is_err() || !d.path().is_dir() {
+            continue;
+        }
+        match read_entry(&name) {
+            Some(e) if e.is_live() => out.push(e),
+            Some(_) => remove_stale(&name),
+            // A directory without an entry: a VM registering right now, or one that died in
+            // between. Only remove it once it is clearly old.
+            None => {
+                let old = d
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age.as_secs() > 60);
+                if old {
+                    remove_stale(&name);
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// This process's registration; the directory is removed when it is dropped.
+pub struct Registration {
+    dir: PathBuf,
+    entry: Entry,
+}
+
+impl Registration {
+    /// Claim `name` for this process, with its API socket at `api_sock` (None: the default inside
+    /// the VM's directory). Fails if a live VM holds the name; a stale holder is cleared.
+    pub fn claim(
+        name: &str,
+        api_sock: Option<&Path>,
+        config: &VmConfig,
+    ) -> Result<Self, RegistryError> {
+        check_name(name)?;
+        let root = runtime_dir();
+        std::fs::create_dir_all(&root).map_err(io("create the runtime directory", &root))?;
+        let dir = root.join(name);
+        // mkdir is the atomic claim: two processes racing for one name cannot both win.
+        let mut tries = 0;
+        loop {
+            match std::fs::create_dir(&dir) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 3 => {
+                    tries += 1;
+                    match read_entry(name) {
+                        Some(e) if e.is_live() => {
+                            return Err(RegistryError::NameTaken {
+                                name: name.to_string(),
+                                pid: e.pid,
+                            })
+                        }
+                        Some(_) => remove_stale(name),
+                        None => {
+                            // Registering right now (the entry follows the directory quickly)?
+                            std::thread::sleep(std::time::Duration::from_millis(200));
+                            match read_entry(name) {
+                                Some(e) if e.is_live() => {
+                                    return Err(RegistryError::NameTaken {
+                                        name: name.to_string(),
+                                        pid: e.pid,
+                                    })
+                                }
+                                _ => remove_stale(name),
+                            }
+                        }
+                    }
+                }
+                Err(e) => return Err(io("create the VM directory", &dir)(e)),
+            }
+        }
+        let api_sock = match api_sock {
+            Some(p) => std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()),
+            None => dir.join(SOCKET_FILE),
+        };
+        let reg = Registration {
+            dir: dir.clone(),
+            entry: Entry {
+                name: name.to_string(),
+                pid: std::process::id() as i32,
+                proc_start: proc_start_time(std::process::id() as i32).unwrap_or(0),
+                started_unix: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+                api_sock,
+                config: config.clone(),
+            },
+        };
+        if reg.entry.api_sock.as_os_str().len() > 107 {
+            return Err(RegistryError::SocketPathTooLong(reg.entry.api_sock.clone()));
+        }
+        // Written to a temporary name and renamed: readers never see half an entry.
+        let tmp = dir.join(".vm.json.tmp");
+        let text = serde_json::to_string_pretty(&reg.entry).unwrap_or_default();
+        std::fs::write(&tmp, text).map_err(io("write", &tmp))?;
+        let file = dir.join(ENTRY_FILE);
+        std::fs::rename(&tmp, &file).map_err(io("write", &file))?;
+        Ok(reg)
+    }
+
+    /// The API socket this VM serves.
+    pub fn api_sock(&self) -> &Path {
+        &self.entry.api_sock
+    }
+
+    /// The registered entry.
+    pub fn entry(&self) -> &Entry {
+        &self.entry
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Resolve how a subcommand names its VM: `--api-sock PATH` wins, else the name's socket.
+/// Returns the socket and the live entry (None with `--api-sock`).
+pub fn resolve(
+    name: Option<&str>,
+    api_sock: Option<&Path>,
+) -> Result<(PathBuf, Option<Entry>), RegistryError> {
+    match (api_sock, name) {
+        (Some(p), _) => Ok((p.to_path_buf(), None)),
+        (None, Some(n)) => {
+            let e = lookup(n)?;
+            Ok((e.api_sock.clone(), Some(e)))
+        }
+        (None, None) => Err(RegistryError::NotFound(String::new())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        for ok in ["a", "vm-1", "web_2.prod", &"x".repeat(MAX_NAME)] {
+            assert!(check_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "-x",
+            "a/b",
+            "a b",
+            &"x".repeat(MAX_NAME + 1),
+            "é",
+        ] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn own_process_start_time_is_readable() {
+        let me = std::process::id() as i32;
+        assert!(proc_start_time(me).is_some());
+        assert_eq!(proc_start_time(-5), None);
+    }
+}
