@@ -5,7 +5,7 @@ Measures, for 256 MiB and 2 GiB guests whose memory-writing workload has touched
 of their RAM:
   * snapshot creation time (and per GiB of guest RAM);
   * restore-to-running latency: process start to vCPUs running (plainvm's own timestamp; for
-    QEMU, process start to `query-status` answering "running" after `-incoming file:`);
+    QEMU, process start to `query-status` answering "running" after `-incoming exec:cat FILE`);
   * the fixed cost of an empty VM here: process start to the test guest's first instruction.
 Usage: benches/snapshot.py [--sizes 256,2048] [--runs N]
 Needs a release build (cargo build --release) and qemu-system-x86.
@@ -19,7 +19,7 @@ QEMU_CPU = "qemu64,-cx16,-xsave,-smap,-smep,+xsaveerptr"
 
 def workload(mib):
     # Touch almost all RAM once, then wait (a long delay between passes) so the state is stable.
-    return f"memwrite={mib - 8} passes=0 delay=600000000"
+    return f"memwrite={mib - 16} passes=0 delay=600000000"
 
 
 def wait_line(path, text, timeout=120):
@@ -104,11 +104,13 @@ def qemu_round(tmp, tg, mib):
     out = os.path.join(tmp, "q.out")
     qmp = os.path.join(tmp, "q.qmp")
     state = os.path.join(tmp, "q.state")
+    if os.path.exists(out):
+        os.unlink(out)
     p = subprocess.Popen(qemu_cmd(tg, mib, ["-serial", f"file:{out}", "-qmp", f"unix:{qmp},server=on,wait=off"]))
     wait_line(out, "memwrite pass=1 ok")
     q = Qmp(qmp)
     t = time.perf_counter()
-    q.cmd("migrate", uri=f"file:{state}")
+    q.cmd("migrate", uri=f"exec:cat > {state}")
     while True:
         st = q.cmd("query-migrate")["return"]
         if st.get("status") in ("completed", "failed"):
@@ -121,7 +123,7 @@ def qemu_round(tmp, tg, mib):
         os.unlink(qmp) if os.path.exists(qmp) else None
         t = time.perf_counter()
         rp = subprocess.Popen(qemu_cmd(tg, mib, ["-serial", "null", "-qmp", f"unix:{qmp},server=on,wait=off",
-                                                 "-incoming", f"file:{state}"]))
+                                                 "-incoming", f"exec:cat {state}"]))
         q = Qmp(qmp)
         while q.cmd("query-status")["return"].get("status") != "running":
             time.sleep(0.0005)

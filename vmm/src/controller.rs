@@ -56,7 +56,8 @@ pub struct VmController {
     pub file_backed: bool,
     pub config: VmConfig,
     pub vcpus: Vec<VcpuHandle>,
-    pub msr_indices: Vec<u32>,
+    /// The /dev/kvm handle (for the list of MSRs to save).
+    pub kvm: kvm_ioctls::Kvm,
     pub control: Arc<VcpuControl>,
     pub serial: Arc<Mutex<SerialConsole>>,
     pub started: Instant,
@@ -173,14 +174,14 @@ impl VmController {
 
     /// Read the whole VM state (vCPUs must be paused).
     pub fn save_state(&self) -> Result<VmState, ControllerError> {
+        let msr_indices = self
+            .kvm
+            .get_msr_index_list()
+            .map(|l| l.as_slice().to_vec())
+            .unwrap_or_default();
         let mut vcpus = Vec::with_capacity(self.vcpus.len());
         for (i, v) in self.vcpus.iter().enumerate() {
-            vcpus.push(VcpuState::save(
-                &lock(&v.fd),
-                i,
-                &v.cpuid,
-                &self.msr_indices,
-            )?);
+            vcpus.push(VcpuState::save(&lock(&v.fd), i, &v.cpuid, &msr_indices)?);
         }
         Ok(VmState {
             config: self.config.clone(),

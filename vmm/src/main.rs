@@ -412,7 +412,9 @@ fn api_call(sock: &Path, method: &str, path: &str, body: Option<Value>) -> Resul
 /// Turn a finished run into an exit status, printing the timing report with `verbose`.
 fn report(out: RunResult, verbose: bool, start: Instant) -> Result<i32, String> {
     if verbose {
-        eprintln!("plainvm: cpu template {:?}", out.template);
+        if let Some(t) = out.template {
+            eprintln!("plainvm: cpu template {t:?}");
+        }
         for (code, at) in &out.milestones {
             let us = at.duration_since(start).as_micros();
             eprintln!(

@@ -107,7 +107,8 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 pub struct RunResult {
     pub reason: ExitReason,
     pub milestones: Vec<(u8, std::time::Instant)>,
-    pub template: cpuid::Resolved,
+    /// The CPUID template (None for a restored VM, which keeps its saved CPUID).
+    pub template: Option<cpuid::Resolved>,
     /// Boot marks, heartbeat and agent state from the hypercall device.
     pub hypercall: Arc<crate::hypercall::HypercallState>,
     /// When the vCPUs were started.
@@ -147,22 +148,19 @@ pub fn run(cfg: &VmConfig, opts: RunOptions) -> Result<RunResult, VmError> {
     let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
     let layout = Layout::new(cfg.memory_bytes);
     let restore = opts.restore.as_ref();
-    let mem = match restore {
-        None => layout.create_memory()?,
-        Some(Restore {
-            memory: RestoreMemory::Snapshot { dir, copy },
-            ..
-        }) => snapshot::map_memory(dir, &layout.ranges(), *copy)?,
-        Some(Restore {
-            memory: RestoreMemory::Filled(mem),
-            ..
-        }) => mem.clone(),
+    let mem = match restore.map(|r| &r.memory) {
+        Some(RestoreMemory::Filled(mem)) => mem.clone(),
+        _ => layout.create_memory()?,
     };
     if cfg.memory_merge {
         crate::ksm::mark_mergeable(&mem)?;
     }
     // Memory slots go in before the irqchip: registering them after is ~50x slower on some hosts.
-    let mut slots = MemorySlots::register(&vm, &mem)?;
+    let slots = MemorySlots::register(&vm, &mem)?;
+    if let Some(RestoreMemory::Snapshot { dir, copy }) = restore.map(|r| &r.memory) {
+        // After the slots: KVM registers a slot over a file mapping far more slowly.
+        snapshot::load_memory(dir, &mem, *copy)?;
+    }
     vm.set_tss_address(KVM_TSS_ADDR)
         .map_err(kvm_err("set the TSS address"))?;
     vm.create_irq_chip()
@@ -235,8 +233,11 @@ pub fn run(cfg: &VmConfig, opts: RunOptions) -> Result<RunResult, VmError> {
         POST_CODE_PORT,
         1,
     )?;
-    let template = cpuid::resolve(cfg.cpu_template);
-    let base_cpuid = cpuid::supported(&kvm)?;
+    let template = restore.is_none().then(|| cpuid::resolve(cfg.cpu_template));
+    let base_cpuid = match restore {
+        None => Some(cpuid::supported(&kvm)?),
+        Some(_) => None,
+    };
     install_kick_handler()?;
     let control = Arc::new(VcpuControl::new(usize::from(cfg.cpus), false));
     let mut handles = Vec::with_capacity(usize::from(cfg.cpus));
@@ -247,7 +248,10 @@ pub fn run(cfg: &VmConfig, opts: RunOptions) -> Result<RunResult, VmError> {
             .map_err(kvm_err("create a vCPU"))?;
         let cpuid = match (&boot, restore) {
             (Some(boot), _) => {
-                let cpuid = cpuid::for_vcpu(&base_cpuid, template, index, cfg.cpus);
+                let (Some(base), Some(template)) = (&base_cpuid, template) else {
+                    unreachable!("a booting VM has its CPUID template")
+                };
+                let cpuid = cpuid::for_vcpu(base, template, index, cfg.cpus);
                 vcpu::configure(&fd, &cpuid, boot, index, cfg.cpus)?;
                 cpuid
             }
@@ -277,26 +281,21 @@ pub fn run(cfg: &VmConfig, opts: RunOptions) -> Result<RunResult, VmError> {
     if let Some(r) = restore {
         r.state.kvm.restore(&vm)?;
     }
-    let (snapshot_dir, file_backed) = match restore.map(|r| &r.memory) {
-        Some(RestoreMemory::Snapshot { dir, copy }) => (Some(dir.clone()), !copy),
-        _ => (None, false),
-    };
-    if snapshot_dir.is_some() {
-        // A diff snapshot of a restored VM holds what changed since the restore.
-        slots.set_dirty_logging(&vm, true)?;
-    }
+    let file_backed = matches!(
+        restore.map(|r| &r.memory),
+        Some(RestoreMemory::Snapshot { copy: false, .. })
+    );
     let controller = Arc::new(VmController {
         slots: Mutex::new(slots),
-        last_snapshot: Mutex::new(snapshot_dir.clone()),
+        // Dirty logging starts with the first full snapshot of this process: turning it on here
+        // would cost the restore several milliseconds.
+        last_snapshot: Mutex::new(None),
         vm: Arc::new(vm),
         mem: mem.clone(),
         file_backed,
         config: cfg.clone(),
         vcpus: handles,
-        msr_indices: kvm
-            .get_msr_index_list()
-            .map(|l| l.as_slice().to_vec())
-            .unwrap_or_default(),
+        kvm,
         control: control.clone(),
         serial: serial.clone(),
         started,

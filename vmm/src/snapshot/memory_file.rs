@@ -4,11 +4,7 @@
 use crate::memory_slots::DirtyBitmap;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{
-    FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-    GuestRegionMmap,
-};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 const PAGE: usize = 4096;
 
@@ -80,13 +76,21 @@ pub fn write(
             let run = unsafe {
                 std::slice::from_raw_parts(host.add(start * PAGE), (page - start) * PAGE)
             };
-            for (i, chunk) in run.chunks(PAGE).enumerate() {
-                if chunk.iter().all(|&b| b == 0) {
+            // One write per stretch of non-zero pages; zero pages stay holes.
+            let mut i = 0;
+            while i < run.len() / PAGE {
+                if is_zero(&run[i * PAGE..(i + 1) * PAGE]) {
+                    i += 1;
                     continue;
                 }
-                let at = offset + ((start + i) * PAGE) as u64;
-                f.write_all_at(chunk, at).map_err(io("write"))?;
-                written += PAGE as u64;
+                let first = i;
+                while i < run.len() / PAGE && !is_zero(&run[i * PAGE..(i + 1) * PAGE]) {
+                    i += 1;
+                }
+                let at = offset + ((start + first) * PAGE) as u64;
+                f.write_all_at(&run[first * PAGE..i * PAGE], at)
+                    .map_err(io("write"))?;
+                written += ((i - first) * PAGE) as u64;
             }
         }
         offset += len as u64;
@@ -192,6 +196,16 @@ pub fn overlay(path: &Path, pages: &Path, mem: &GuestMemoryMmap) -> Result<(), M
     Ok(())
 }
 
+/// True when the page holds only zero bytes (compared a word at a time).
+fn is_zero(page: &[u8]) -> bool {
+    let (head, words, tail) = {
+        // SAFETY: reinterpreting initialised bytes as u64 words is sound; align_to splits off
+        // any unaligned ends.
+        unsafe { page.align_to::<u64>() }
+    };
+    head.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)
+}
+
 /// Which pages of `[host, host + len)` are resident (mincore); all of them if mincore fails.
 fn residency(host: *mut u8, len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len.div_ceil(PAGE)];
@@ -204,14 +218,8 @@ fn residency(host: *mut u8, len: usize) -> Vec<u8> {
     v
 }
 
-/// Map `path` as guest memory with the given `(address, length)` ranges, copy-on-write and
-/// lazily: pages are read from the file when the guest first touches them. With `copy`, the
-/// file is read into fresh anonymous memory instead (the file may then go away).
-pub fn map(
-    path: &Path,
-    ranges: &[(GuestAddress, usize)],
-    copy: bool,
-) -> Result<GuestMemoryMmap, MemoryFileError> {
+/// Load `path` into `mem`: mapped over each region copy-on-write (lazy), or read in (`copy`).
+pub fn load(path: &Path, mem: &GuestMemoryMmap, copy: bool) -> Result<(), MemoryFileError> {
     let io = |what| {
         move |source| MemoryFileError::Io {
             what,
@@ -221,7 +229,7 @@ pub fn map(
     };
     let file = std::fs::File::open(path).map_err(io("open"))?;
     let found = file.metadata().map_err(io("stat"))?.len();
-    let want: u64 = ranges.iter().map(|r| r.1 as u64).sum();
+    let want: u64 = mem.iter().map(|r| r.len()).sum();
     if found != want {
         return Err(MemoryFileError::Size {
             path: path.to_path_buf(),
@@ -229,38 +237,41 @@ pub fn map(
             want,
         });
     }
-    let map_err = |e: String| MemoryFileError::Map {
-        path: path.to_path_buf(),
-        detail: e,
-    };
-    if copy {
-        let mem = GuestMemoryMmap::from_ranges(ranges).map_err(|e| map_err(e.to_string()))?;
-        let mut offset = 0u64;
-        for (addr, len) in ranges {
-            let host = mem
-                .get_host_address(*addr)
-                .map_err(|e| map_err(e.to_string()))?;
-            // SAFETY: `host` maps `len` bytes of guest memory that nothing else uses yet.
-            let buf = unsafe { std::slice::from_raw_parts_mut(host, *len) };
-            file.read_exact_at(buf, offset).map_err(io("read"))?;
-            offset += *len as u64;
-        }
-        return Ok(mem);
-    }
-    let mut regions = Vec::new();
     let mut offset = 0u64;
-    for (addr, len) in ranges {
-        let f = file.try_clone().map_err(io("reopen"))?;
-        let mapping = MmapRegionBuilder::new(*len)
-            .with_file_offset(FileOffset::new(f, offset))
-            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
-            .build()
-            .map_err(|e| map_err(e.to_string()))?;
-        let region = GuestRegionMmap::new(mapping, *addr)
-            .ok_or_else(|| map_err("region overflows the address space".into()))?;
-        regions.push(region);
-        offset += *len as u64;
+    for region in mem.iter() {
+        let len = region.len() as usize;
+        let host = mem
+            .get_host_address(region.start_addr())
+            .map_err(|e| MemoryFileError::Map {
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            })?;
+        if copy {
+            // SAFETY: `host` maps `len` bytes of guest memory that no vCPU runs on yet.
+            let buf = unsafe { std::slice::from_raw_parts_mut(host, len) };
+            file.read_exact_at(buf, offset).map_err(io("read"))?;
+        } else {
+            // SAFETY: replaces this region's own anonymous mapping (same address and length,
+            // owned by `mem`, unused yet) with a private mapping of the file; KVM follows the
+            // address, not the mapping.
+            let p = unsafe {
+                libc::mmap(
+                    host.cast(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                    std::os::fd::AsRawFd::as_raw_fd(&file),
+                    offset as libc::off_t,
+                )
+            };
+            if p != host.cast() {
+                return Err(MemoryFileError::Map {
+                    path: path.to_path_buf(),
+                    detail: std::io::Error::last_os_error().to_string(),
+                });
+            }
+        }
+        offset += len as u64;
     }
-    GuestMemoryMmap::from_regions(regions).map_err(|e| map_err(e.to_string()))
+    Ok(())
 }

@@ -6,7 +6,6 @@ pub mod state_file;
 use crate::memory_slots::DirtyBitmap;
 use crate::vm_state::VmState;
 use std::path::{Path, PathBuf};
-use vm_memory::GuestAddress;
 use vm_memory::GuestMemoryMmap;
 
 /// The state file's name inside a snapshot directory.
@@ -98,16 +97,14 @@ pub fn create(
     result
 }
 
-/// Map a snapshot's memory, applying diff snapshots on top of their parents.
-pub fn map_memory(
-    dir: &Path,
-    ranges: &[(GuestAddress, usize)],
-    copy: bool,
-) -> Result<GuestMemoryMmap, SnapshotError> {
+/// Put a snapshot's memory into `mem` (fresh anonymous guest memory): the memory file is mapped
+/// over it copy-on-write, so pages load lazily when the guest touches them (with `copy`, it is
+/// read in up front instead); diff snapshots are applied on top of their parents.
+pub fn load_memory(dir: &Path, mem: &GuestMemoryMmap, copy: bool) -> Result<(), SnapshotError> {
     let parent_file = dir.join(PARENT_FILE);
     match std::fs::read(&parent_file) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Ok(memory_file::map(&dir.join(MEMORY_FILE), ranges, copy)?)
+            Ok(memory_file::load(&dir.join(MEMORY_FILE), mem, copy)?)
         }
         Err(source) => Err(SnapshotError::Io {
             what: "read",
@@ -123,9 +120,9 @@ pub fn map_memory(
                     source: std::io::Error::other("a diff snapshot names itself as its parent"),
                 });
             }
-            let mem = map_memory(&parent, ranges, copy)?;
-            memory_file::overlay(&dir.join(MEMORY_FILE), &dir.join(PAGES_FILE), &mem)?;
-            Ok(mem)
+            load_memory(&parent, mem, copy)?;
+            memory_file::overlay(&dir.join(MEMORY_FILE), &dir.join(PAGES_FILE), mem)?;
+            Ok(())
         }
     }
 }
