@@ -374,3 +374,28 @@ fn diff_snapshots_hold_only_written_pages_and_restore_through_their_chain() {
     std::fs::remove_dir_all(dir.join("diff1")).unwrap();
     refused_restore(&d2, "diff1");
 }
+
+#[test]
+fn info_shows_what_the_guest_reports_through_the_hypercall_device() {
+    let dir = scratch("guestinfo");
+    let sock = dir.join("api.sock");
+    let vm = BackgroundVm::start(
+        &[
+            "run",
+            "--api-sock",
+            sock.to_str().unwrap(),
+            "--cmdline",
+            "hypercall-selftest agent",
+        ],
+        &dir.join("console"),
+    );
+    vm.wait_for("HYPERCALL-SELFTEST", T);
+    std::thread::sleep(Duration::from_millis(300));
+    let o = api("info", &sock, &[]);
+    assert_eq!(o.status, Some(0), "{}", o.dump());
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    let marks = v["guest"]["boot_marks"].as_array().unwrap();
+    assert!(!marks.is_empty(), "{}", o.stdout);
+    assert_eq!(v["guest"]["generation"], 0, "{}", o.stdout);
+    assert_eq!(v["agent"], true, "{}", o.stdout);
+}

@@ -134,6 +134,23 @@ pub struct VmInfo {
     pub pid: u32,
     /// A guest agent that obeys power requests has announced itself (`plainvm stop` is graceful).
     pub agent: bool,
+    /// What the guest reports through the hypercall device.
+    pub guest: GuestInfo,
+}
+
+/// The hypercall device's view of the guest, for `GET /vm`.
+#[derive(Serialize)]
+pub struct GuestInfo {
+    /// Boot marks: stage and milliseconds since the VM started.
+    pub boot_marks: Vec<(u32, f64)>,
+    /// Bumped on every restore and migration.
+    pub generation: u64,
+    /// The heartbeat interval the guest declared, and its beats so far.
+    pub heartbeat_interval_ms: Option<u128>,
+    pub heartbeats: u64,
+    /// Milliseconds since the last beat.
+    pub last_heartbeat_ms_ago: Option<u128>,
+    pub free_memory_kib: Option<u64>,
 }
 
 /// `PUT /snapshot/create` result.
@@ -159,6 +176,24 @@ impl VmController {
             uptime_ms: self.started.elapsed().as_millis(),
             pid: std::process::id(),
             agent: self.agent_listening(),
+            guest: {
+                let h = self.hypercall.snapshot();
+                GuestInfo {
+                    boot_marks: h
+                        .marks
+                        .iter()
+                        .map(|m| {
+                            let ms = m.at.saturating_duration_since(self.started);
+                            (m.stage, ms.as_secs_f64() * 1e3)
+                        })
+                        .collect(),
+                    generation: h.generation,
+                    heartbeat_interval_ms: h.heartbeat_interval.map(|d| d.as_millis()),
+                    heartbeats: h.heartbeats,
+                    last_heartbeat_ms_ago: h.last_heartbeat.map(|t| t.elapsed().as_millis()),
+                    free_memory_kib: h.free_memory_kib,
+                }
+            },
         }
     }
 
