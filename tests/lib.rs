@@ -339,7 +339,7 @@ pub fn first_memwrite_pass(output: &str) -> u64 {
 pub fn last_generation(output: &str) -> Option<u64> {
     output
         .lines()
+        .rev()
         .filter(|l| l.starts_with("memwrite pass="))
-        .filter_map(|l| l.split(" gen=").nth(1)?.trim().parse().ok())
-        .last()
+        .find_map(|l| l.split(" gen=").nth(1)?.trim().parse().ok())
 }

@@ -53,7 +53,7 @@ impl MemoryImage {
 
     /// The page at image offset `off`, if it is a whole page inside guest memory.
     fn page(&self, off: u64) -> Option<*mut u8> {
-        if off % PAGE as u64 != 0 {
+        if !off.is_multiple_of(PAGE as u64) {
             return None;
         }
         let mut base = 0u64;
