@@ -10,9 +10,11 @@ Needs a release build (cargo build --release) and qemu-system-x86.
 """
 import argparse, json, os, re, socket, subprocess, sys, tempfile, time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from qemu_ref import Qmp, qemu_cmd, wait_line  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLAINVM = os.path.join(ROOT, "target/release/plainvm")
-QEMU_CPU = "qemu64,-cx16,-xsave,-smap,-smep,+xsaveerptr"
 PORT = 47000
 
 
@@ -23,37 +25,6 @@ def workloads(mib):
         ("2k pages/10ms (~800 MiB/s)", f"memwrite={region} passes=0 dirty=2048 delay=10000"),
         ("8k pages/10ms (~3 GiB/s)", f"memwrite={region} passes=0 dirty=8192 delay=10000"),
     ]
-
-
-def wait_line(path, text, timeout=180):
-    t = time.time()
-    while time.time() - t < timeout:
-        if os.path.exists(path) and text in open(path, errors="replace").read():
-            return
-        time.sleep(0.02)
-    sys.exit(f"timeout waiting for {text!r} in {path}")
-
-
-class Qmp:
-    def __init__(self, path):
-        for _ in range(2000):
-            try:
-                self.s = socket.socket(socket.AF_UNIX)
-                self.s.connect(path)
-                break
-            except OSError:
-                time.sleep(0.005)
-        self.f = self.s.makefile("rw")
-        self.f.readline()
-        self.cmd("qmp_capabilities")
-
-    def cmd(self, name, **args):
-        self.f.write(json.dumps({"execute": name, "arguments": args}) + "\n")
-        self.f.flush()
-        while True:
-            r = json.loads(self.f.readline())
-            if "return" in r or "error" in r:
-                return r
 
 
 def plainvm_once(tmp, tg, mib, cmdline, downtime):
@@ -76,12 +47,6 @@ def plainvm_once(tmp, tg, mib, cmdline, downtime):
     if not m:
         sys.exit(f"plainvm migration failed: {r.stdout} {r.stderr}")
     return float(m.group(1)), float(m.group(2)), int(m.group(3)), float(m.group(4)), int(m.group(6))
-
-
-def qemu_cmd(tg, mib, cmdline, extra):
-    return ["qemu-system-x86_64", "-enable-kvm", "-cpu", QEMU_CPU, "-M", "microvm,pit=on,pic=on,rtc=on",
-            "-m", str(mib), "-nodefaults", "-display", "none", "-no-reboot", "-kernel", tg,
-            "-append", cmdline, "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"] + extra
 
 
 def qemu_once(tmp, tg, mib, cmdline, downtime):

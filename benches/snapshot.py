@@ -12,23 +12,16 @@ Needs a release build (cargo build --release) and qemu-system-x86.
 """
 import argparse, json, os, re, shutil, socket, statistics, subprocess, sys, tempfile, time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from qemu_ref import Qmp, qemu_cmd, wait_line  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLAINVM = os.path.join(ROOT, "target/release/plainvm")
-QEMU_CPU = "qemu64,-cx16,-xsave,-smap,-smep,+xsaveerptr"
 
 
 def workload(mib):
     # Touch almost all RAM once, then wait (a long delay between passes) so the state is stable.
     return f"memwrite={mib - 16} passes=0 delay=600000000"
-
-
-def wait_line(path, text, timeout=120):
-    t = time.time()
-    while time.time() - t < timeout:
-        if os.path.exists(path) and text in open(path, errors="replace").read():
-            return
-        time.sleep(0.02)
-    sys.exit(f"timeout waiting for {text!r} in {path}")
 
 
 def plainvm_api(sock, method, path, body=None):
@@ -46,28 +39,6 @@ def plainvm_api(sock, method, path, body=None):
     if " 200 " not in head.split("\r\n")[0]:
         sys.exit(f"API error: {resp!r}")
     return json.loads(body)
-
-
-class Qmp:
-    def __init__(self, path):
-        for _ in range(500):
-            try:
-                self.s = socket.socket(socket.AF_UNIX)
-                self.s.connect(path)
-                break
-            except OSError:
-                time.sleep(0.002)
-        self.f = self.s.makefile("rw")
-        self.f.readline()
-        self.cmd("qmp_capabilities")
-
-    def cmd(self, name, **args):
-        self.f.write(json.dumps({"execute": name, "arguments": args}) + "\n")
-        self.f.flush()
-        while True:
-            r = json.loads(self.f.readline())
-            if "return" in r or "error" in r:
-                return r
 
 
 def plainvm_round(tmp, tg, mib):
@@ -94,19 +65,13 @@ def plainvm_round(tmp, tg, mib):
     return r["total_ms"], r["memory_bytes_written"], statistics.median(latencies)
 
 
-def qemu_cmd(tg, mib, extra):
-    return ["qemu-system-x86_64", "-enable-kvm", "-cpu", QEMU_CPU, "-M", "microvm,pit=on,pic=on,rtc=on",
-            "-m", str(mib), "-nodefaults", "-display", "none", "-no-reboot", "-kernel", tg,
-            "-append", workload(mib), "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"] + extra
-
-
 def qemu_round(tmp, tg, mib):
     out = os.path.join(tmp, "q.out")
     qmp = os.path.join(tmp, "q.qmp")
     state = os.path.join(tmp, "q.state")
     if os.path.exists(out):
         os.unlink(out)
-    p = subprocess.Popen(qemu_cmd(tg, mib, ["-serial", f"file:{out}", "-qmp", f"unix:{qmp},server=on,wait=off"]))
+    p = subprocess.Popen(qemu_cmd(tg, mib, workload(mib), ["-serial", f"file:{out}", "-qmp", f"unix:{qmp},server=on,wait=off"]))
     wait_line(out, "memwrite pass=1 ok")
     q = Qmp(qmp)
     t = time.perf_counter()
@@ -122,7 +87,7 @@ def qemu_round(tmp, tg, mib):
     for _ in range(ARGS.runs):
         os.unlink(qmp) if os.path.exists(qmp) else None
         t = time.perf_counter()
-        rp = subprocess.Popen(qemu_cmd(tg, mib, ["-serial", "null", "-qmp", f"unix:{qmp},server=on,wait=off",
+        rp = subprocess.Popen(qemu_cmd(tg, mib, workload(mib), ["-serial", "null", "-qmp", f"unix:{qmp},server=on,wait=off",
                                                  "-incoming", f"exec:cat {state}"]))
         q = Qmp(qmp)
         while q.cmd("query-status")["return"].get("status") != "running":

@@ -49,12 +49,7 @@ pub fn write(
     let mut written = 0u64;
     for region in mem.iter() {
         let len = region.len() as usize;
-        let host = mem
-            .get_host_address(region.start_addr())
-            .map_err(|e| MemoryFileError::Map {
-                path: path.to_path_buf(),
-                detail: e.to_string(),
-            })?;
+        let host = host_address(mem, region, path)?;
         let resident = if file_backed {
             vec![1u8; len / PAGE]
         } else {
@@ -119,12 +114,7 @@ pub fn write_pages(
     let mut all_bits: Vec<u8> = Vec::new();
     for (region, bitmap) in mem.iter().zip(dirty) {
         let len = region.len() as usize;
-        let host = mem
-            .get_host_address(region.start_addr())
-            .map_err(|e| MemoryFileError::Map {
-                path: path.to_path_buf(),
-                detail: e.to_string(),
-            })?;
+        let host = host_address(mem, region, path)?;
         for page in 0..len / PAGE {
             if bitmap
                 .bits
@@ -175,12 +165,7 @@ pub fn overlay(path: &Path, pages: &Path, mem: &GuestMemoryMmap) -> Result<(), M
     let mut word_base = 0usize;
     for region in mem.iter() {
         let len = region.len() as usize;
-        let host = mem
-            .get_host_address(region.start_addr())
-            .map_err(|e| MemoryFileError::Map {
-                path: path.to_path_buf(),
-                detail: e.to_string(),
-            })?;
+        let host = host_address(mem, region, path)?;
         for page in 0..len / PAGE {
             let byte = bits[(word_base + page / 64) * 8 + (page % 64) / 8];
             if byte & (1 << (page % 8)) != 0 {
@@ -194,6 +179,19 @@ pub fn overlay(path: &Path, pages: &Path, mem: &GuestMemoryMmap) -> Result<(), M
         offset += len as u64;
     }
     Ok(())
+}
+
+/// Where `region` of `mem` is mapped in this process.
+fn host_address(
+    mem: &GuestMemoryMmap,
+    region: &vm_memory::GuestRegionMmap,
+    path: &Path,
+) -> Result<*mut u8, MemoryFileError> {
+    mem.get_host_address(region.start_addr())
+        .map_err(|e| MemoryFileError::Map {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })
 }
 
 /// True when the page holds only zero bytes (compared a word at a time).
@@ -240,12 +238,7 @@ pub fn load(path: &Path, mem: &GuestMemoryMmap, copy: bool) -> Result<(), Memory
     let mut offset = 0u64;
     for region in mem.iter() {
         let len = region.len() as usize;
-        let host = mem
-            .get_host_address(region.start_addr())
-            .map_err(|e| MemoryFileError::Map {
-                path: path.to_path_buf(),
-                detail: e.to_string(),
-            })?;
+        let host = host_address(mem, region, path)?;
         if copy {
             // SAFETY: `host` maps `len` bytes of guest memory that no vCPU runs on yet.
             let buf = unsafe { std::slice::from_raw_parts_mut(host, len) };
