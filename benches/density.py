@@ -20,11 +20,13 @@ Needs: a release build (cargo build --release), qemu-system-x86, resources/build
 """
 import argparse, json, os, re, shutil, signal, socket, subprocess, sys, tempfile, time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from qemu_ref import Qmp, qemu_cmd  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLAINVM = os.environ.get("PLAINVM_BIN") or os.path.join(
     os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release/plainvm")
 CACHE = os.environ.get("PLAINVM_CACHE", "/var/cache/plainvm")
-QEMU_CPU = "qemu64,-cx16,-xsave,-smap,-smep,+xsaveerptr"
 MEM_MIB = 128
 RESERVE_MIB = 3072          # never let MemAvailable fall below this
 FIRST_ESTIMATE_MIB = 40     # per-VM cost assumed before anything was measured
@@ -84,23 +86,12 @@ def api_get(sock, path="/vm", timeout=5.0):
     return json.loads(body)
 
 
-def qmp_status(sock, timeout=5.0):
-    s = socket.socket(socket.AF_UNIX)
-    s.settimeout(timeout)
+def qmp_status(sock):
+    q = Qmp(sock)
     try:
-        s.connect(sock)
-        f = s.makefile("rwb")
-        f.readline()  # greeting
-        for cmd in ({"execute": "qmp_capabilities"}, {"execute": "query-status"}):
-            f.write(json.dumps(cmd).encode() + b"\n")
-            f.flush()
-            while True:
-                r = json.loads(f.readline())
-                if "return" in r or "error" in r:
-                    break
-        return r.get("return", {}).get("status")
+        return q.cmd("query-status").get("return", {}).get("status")
     finally:
-        s.close()
+        q.s.close()
 
 
 class Fleet:
@@ -116,11 +107,8 @@ class Fleet:
         if self.kind == "plainvm":
             return NICE + [PLAINVM, "run", "--name", f"d{i}", "--memory", f"{MEM_MIB}M",
                            "--cmdline", "idle"]
-        return NICE + ["qemu-system-x86_64", "-M", "microvm,pit=on,pic=on,rtc=on", "-m", str(MEM_MIB),
-                       "-nodefaults", "-serial", f"file:{log}", "-display", "none",
-                       "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-kernel", self.elf,
-                       "-append", "idle", "-cpu", QEMU_CPU, "-enable-kvm",
-                       "-qmp", f"unix:{sock},server=on,wait=off"]
+        return NICE + qemu_cmd(self.elf, MEM_MIB, "idle",
+                               ["-serial", f"file:{log}", "-qmp", f"unix:{sock},server=on,wait=off"])
 
     def start(self, timeout=600):
         env = dict(os.environ, PLAINVM_RUNTIME_DIR=self.rt)

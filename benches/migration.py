@@ -36,7 +36,7 @@ def plainvm_once(tmp, tg, mib, cmdline, downtime):
     wait_line(dout, "waiting for a migration")
     s = subprocess.Popen([PLAINVM, "run", "--kernel", tg, "--memory", f"{mib}M", "--api-sock", sock,
                           "--cmdline", cmdline], stdout=open(out, "w"), stderr=subprocess.STDOUT)
-    wait_line(out, "memwrite pass=2 ok")
+    wait_line(out, "memwrite pass=1 ok")
     r = subprocess.run([PLAINVM, "migrate", "--api-sock", sock, "--to", f"tcp:127.0.0.1:{PORT}",
                         "--downtime-ms", str(downtime), "--timeout-s", "120", "--on-timeout", "force"],
                        capture_output=True, text=True)
@@ -59,7 +59,7 @@ def qemu_once(tmp, tg, mib, cmdline, downtime):
     d = subprocess.Popen(qemu_cmd(tg, mib, cmdline, ["-serial", "null", "-qmp", f"unix:{dq},server=on,wait=off",
                                                      "-incoming", f"tcp:127.0.0.1:{PORT}"]))
     s = subprocess.Popen(qemu_cmd(tg, mib, cmdline, ["-serial", f"file:{out}", "-qmp", f"unix:{sq},server=on,wait=off"]))
-    wait_line(out, "memwrite pass=2 ok")
+    wait_line(out, "memwrite pass=1 ok")
     q = Qmp(sq)
     q.cmd("migrate-set-capabilities", capabilities=[{"capability": "auto-converge", "state": True}])
     q.cmd("migrate-set-parameters", **{"downtime-limit": downtime, "max-bandwidth": 100 << 30})

