@@ -53,7 +53,7 @@ def qemu_once(tmp, tg, mib, cmdline, downtime):
     global PORT
     PORT += 1
     out, sq, dq = (os.path.join(tmp, n) for n in ("q.out", "qs.qmp", "qd.qmp"))
-    for f in (sq, dq):
+    for f in (sq, dq, out):
         if os.path.exists(f):
             os.unlink(f)
     d = subprocess.Popen(qemu_cmd(tg, mib, cmdline, ["-serial", "null", "-qmp", f"unix:{dq},server=on,wait=off",

@@ -15,6 +15,8 @@
  */
 #define _GNU_SOURCE
 #define _FILE_OFFSET_BITS 64
+#include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -231,6 +233,8 @@ static uint64_t free_kib(void)
 }
 
 /* Graceful power-off for a host request: ask every process to stop, give them a moment, sync. */
+static int other_processes(void);
+
 static int graceful(int reboot, uint32_t code)
 {
     printf("plainvm-guest: host asked to %s (code %u): stopping processes\n",
@@ -238,8 +242,39 @@ static int graceful(int reboot, uint32_t code)
     fflush(stdout);
     signal(SIGTERM, SIG_IGN);
     kill(-1, SIGTERM);
-    usleep(500 * 1000);
+    /* Give the other processes, and init after them, time to finish: init may well power the
+     * VM off itself. Only then, or after 10 s, power off from here. */
+    for (int i = 0; i < 100 && other_processes() > 0; i++)
+        usleep(100 * 1000);
+    sleep(2);
     return do_power(reboot, code);
+}
+
+/* How many processes run besides init and this one. */
+static int other_processes(void)
+{
+    DIR *d = opendir("/proc");
+    if (!d)
+        return 0;
+    int n = 0;
+    pid_t me = getpid();
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (!isdigit((unsigned char)e->d_name[0]))
+            continue;
+        pid_t pid = (pid_t)atoi(e->d_name);
+        /* Kernel threads have no command line; they never exit. */
+        char path[64], buf[2];
+        snprintf(path, sizeof path, "/proc/%d/cmdline", (int)pid);
+        int fd = open(path, O_RDONLY);
+        ssize_t got = fd >= 0 ? read(fd, buf, 1) : 0;
+        if (fd >= 0)
+            close(fd);
+        if (pid != 1 && pid != me && got > 0)
+            n++;
+    }
+    closedir(d);
+    return n;
 }
 
 static int do_watch(uint32_t interval_ms)
