@@ -176,7 +176,11 @@ fn a_workload_that_outruns_the_link_converges_by_throttling_or_times_out() {
     let real = format!("127.0.0.1:{}", port());
     let dst = receiver(&p.dir, &format!("tcp:{real}"), &[], &[]);
     let front = proxy(&real, Proxy::Rate(40_000_000));
-    let o = migrate(&p.sock, &format!("tcp:{front}"), &["--timeout-s", "100"]);
+    let o = migrate(
+        &p.sock,
+        &format!("tcp:{front}"),
+        &["--timeout-s", "100", "--downtime-ms", "100"],
+    );
     assert_eq!(o.status, Some(0), "{}\n--- dst\n{}", o.dump(), dst.output());
     assert!(
         !o.stdout.contains("throttled up to 0%"),

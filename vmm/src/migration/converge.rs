@@ -10,7 +10,7 @@ use std::time::Duration;
 /// One throttle period.
 const PERIOD: Duration = Duration::from_millis(50);
 /// Highest share of a period the vCPUs are held.
-pub const MAX_PERCENT: u32 = 95;
+pub const MAX_PERCENT: u32 = 99;
 
 /// A running throttle; vCPUs run freely again when it is stopped.
 pub struct Throttle {
