@@ -210,17 +210,21 @@ fn failures_before_the_commit_leave_the_source_running() {
     assert!(dst.output().contains("fault injection"), "{}", dst.output());
     assert_source_runs(&p);
 
-    // Destination killed during the memory passes (a large, fast-changing guest keeps it busy).
-    let to = format!("tcp:127.0.0.1:{}", port());
-    let mut dst = receiver(&p.dir, &to, &[], &[]);
-    let sock = p.sock.clone();
-    let to2 = to.clone();
+    // Destination killed during the memory passes: a guest rewriting all of 32 MiB, a 20 MB/s
+    // link and a 1 ms downtime target keep the migration in its passes until the kill.
+    let busy = source("fail-passes", "128M", "memwrite=32 passes=0");
+    let real = format!("127.0.0.1:{}", port());
+    let mut dst = receiver(&busy.dir, &format!("tcp:{real}"), &[], &[]);
+    let front = proxy(&real, Proxy::Rate(20_000_000));
+    let sock = busy.sock.clone();
+    let to2 = format!("tcp:{front}");
     let m = std::thread::spawn(move || migrate(&sock, &to2, &["--downtime-ms", "1"]));
     dst.wait_for("pass 1 received", T);
     dst.kill();
     let o = m.join().unwrap();
     assert_ne!(o.status, Some(0), "{}", o.dump());
-    assert_source_runs(&p);
+    assert_source_runs(&busy);
+    drop(busy);
 
     // A wrong key, a corrupted stream, a truncated stream.
     let k1 = p.dir.join("k1");
