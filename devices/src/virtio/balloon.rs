@@ -261,12 +261,7 @@ impl VirtioDevice for Balloon {
         queues: Vec<Queue>,
         interrupt: Interrupt,
     ) -> Result<(), ActivateError> {
-        if queues.len() != self.queue_sizes.len() {
-            return Err(ActivateError::QueueCount {
-                got: queues.len(),
-                want: self.queue_sizes.len(),
-            });
-        }
+        super::expect_queues(&queues, self.queue_sizes.len())?;
         self.active = Some(Active {
             mem,
             queues,

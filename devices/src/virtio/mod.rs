@@ -67,6 +67,18 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self);
 }
 
+/// Check that the driver set up exactly the `want` queues a device needs.
+pub fn expect_queues(queues: &[Queue], want: usize) -> Result<(), ActivateError> {
+    if queues.len() == want {
+        Ok(())
+    } else {
+        Err(ActivateError::QueueCount {
+            got: queues.len(),
+            want,
+        })
+    }
+}
+
 /// Copy `value`'s little-endian bytes at `offset` into `data` (config-space reads); reads past
 /// the end return zeroes.
 pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {

@@ -103,12 +103,7 @@ impl VirtioDevice for Rng {
         mut queues: Vec<Queue>,
         interrupt: Interrupt,
     ) -> Result<(), ActivateError> {
-        if queues.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                got: queues.len(),
-                want: 1,
-            });
-        }
+        super::expect_queues(&queues, 1)?;
         self.active = Some((mem, queues.remove(0), interrupt));
         // Requests queued before activation are served now.
         self.process();

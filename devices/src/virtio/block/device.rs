@@ -445,12 +445,7 @@ impl VirtioDevice for Block {
         mut queues: Vec<Queue>,
         interrupt: Interrupt,
     ) -> Result<(), ActivateError> {
-        if queues.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                got: queues.len(),
-                want: 1,
-            });
-        }
+        crate::virtio::expect_queues(&queues, 1)?;
         self.generation += 1;
         self.active = Some(Active {
             mem,

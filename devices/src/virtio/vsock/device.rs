@@ -177,12 +177,7 @@ impl VirtioDevice for Vsock {
         queues: Vec<Queue>,
         interrupt: Interrupt,
     ) -> Result<(), ActivateError> {
-        if queues.len() != 3 {
-            return Err(ActivateError::QueueCount {
-                got: queues.len(),
-                want: 3,
-            });
-        }
+        crate::virtio::expect_queues(&queues, 3)?;
         self.active = Some(Active {
             mem,
             queues,
