@@ -4,7 +4,7 @@
 use plainvm_tests::*;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
@@ -15,20 +15,19 @@ fn api(cmd: &str, sock: &Path, extra: &[&str]) -> Outcome {
     plainvm(&args, Duration::from_secs(60))
 }
 
+/// A test guest running `plainvm run --api-sock DIR/api.sock ARGS` in a fresh scratch directory.
+fn api_vm(name: &str, args: &[&str]) -> (PathBuf, PathBuf, BackgroundVm) {
+    let dir = scratch(name);
+    let sock = dir.join("api.sock");
+    let mut run = vec!["run", "--api-sock", sock.to_str().unwrap()];
+    run.extend_from_slice(args);
+    let vm = BackgroundVm::start(&run, &dir.join("console"));
+    (dir, sock, vm)
+}
+
 #[test]
 fn pause_stops_the_guest_and_resume_continues() {
-    let dir = scratch("pause");
-    let sock = dir.join("api.sock");
-    let vm = BackgroundVm::start(
-        &[
-            "run",
-            "--api-sock",
-            sock.to_str().unwrap(),
-            "--cmdline",
-            "memwrite=16 passes=0",
-        ],
-        &dir.join("console"),
-    );
+    let (_dir, sock, vm) = api_vm("pause", &["--cmdline", "memwrite=16 passes=0"]);
     vm.wait_for("memwrite pass=10 ok", T);
     let o = api("pause", &sock, &[]);
     assert_eq!(o.status, Some(0), "{}", o.dump());
@@ -224,18 +223,7 @@ fn raw_http(sock: &Path, req: &str) -> (String, String) {
 
 #[test]
 fn failed_snapshots_change_nothing_and_bad_requests_get_json_errors() {
-    let dir = scratch("fail");
-    let sock = dir.join("api.sock");
-    let vm = BackgroundVm::start(
-        &[
-            "run",
-            "--api-sock",
-            sock.to_str().unwrap(),
-            "--cmdline",
-            "memwrite=32 passes=0",
-        ],
-        &dir.join("console"),
-    );
+    let (dir, sock, vm) = api_vm("fail", &["--cmdline", "memwrite=32 passes=0"]);
     vm.wait_for("memwrite pass=3 ok", T);
 
     // A full disk: a 4 MiB tmpfs cannot hold 32 MiB of guest memory.
@@ -302,19 +290,14 @@ fn failed_snapshots_change_nothing_and_bad_requests_get_json_errors() {
 
 #[test]
 fn diff_snapshots_hold_only_written_pages_and_restore_through_their_chain() {
-    let dir = scratch("diff");
-    let sock = dir.join("api.sock");
-    let vm = BackgroundVm::start(
+    let (dir, sock, vm) = api_vm(
+        "diff",
         &[
-            "run",
-            "--api-sock",
-            sock.to_str().unwrap(),
             "--memory",
             "256M",
             "--cmdline",
             "memwrite=64 passes=0 dirty=32",
         ],
-        &dir.join("console"),
     );
     vm.wait_for("memwrite pass=10 ok", T);
     let snap = |name: &str, diff: bool| {
@@ -378,18 +361,7 @@ fn diff_snapshots_hold_only_written_pages_and_restore_through_their_chain() {
 
 #[test]
 fn info_shows_what_the_guest_reports_through_the_hypercall_device() {
-    let dir = scratch("guestinfo");
-    let sock = dir.join("api.sock");
-    let vm = BackgroundVm::start(
-        &[
-            "run",
-            "--api-sock",
-            sock.to_str().unwrap(),
-            "--cmdline",
-            "hypercall-selftest agent",
-        ],
-        &dir.join("console"),
-    );
+    let (_dir, sock, vm) = api_vm("guestinfo", &["--cmdline", "hypercall-selftest agent"]);
     vm.wait_for("HYPERCALL-SELFTEST", T);
     std::thread::sleep(Duration::from_millis(300));
     let o = api("info", &sock, &[]);

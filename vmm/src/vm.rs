@@ -256,7 +256,11 @@ pub fn run(cfg: &VmConfig, opts: RunOptions) -> Result<RunResult, VmError> {
                 cpuid
             }
             (None, Some(r)) => {
-                let state = &r.state.vcpus[usize::from(index)];
+                let state = r
+                    .state
+                    .vcpus
+                    .get(usize::from(index))
+                    .ok_or(VmError::BadSnapshot)?;
                 state.restore(&fd, usize::from(index))?;
                 CpuId::from_entries(&state.cpuid).map_err(|_| VmError::BadSnapshot)?
             }
