@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The plainvm binary built alongside these tests (`cargo test --workspace` builds it).
+/// The plainvm binary the tests run (`cargo build --workspace` builds it; `.ci/run` does so first).
 pub fn plainvm_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("PLAINVM_BIN") {
         return p.into();
@@ -19,7 +19,7 @@ pub fn plainvm_bin() -> PathBuf {
         .expect("target directory");
     assert!(
         bin.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` (it builds the binary) or set PLAINVM_BIN",
+        "{} is missing: build it with `cargo build --workspace` before the tests (as .ci/run does) or set PLAINVM_BIN",
         bin.display()
     );
     bin
