@@ -1,5 +1,7 @@
 //! Shared helpers for the integration tests: find the plainvm binary and guest artifacts, run VMs.
 
+pub mod support;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

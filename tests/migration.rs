@@ -2,6 +2,7 @@
 //! loopback, between two network namespaces, under a workload that outruns the link, and with
 //! failures injected at named points (the source must keep running until the commit point).
 
+use plainvm_tests::support::netns::NetnsPair;
 use plainvm_tests::*;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -124,12 +125,12 @@ fn encrypted_migration_between_two_network_namespaces() {
     std::fs::write(&key, [7u8; 32]).unwrap();
     let p = source_in(
         "netns",
-        &ns.a,
+        &ns.a.name,
         "256M",
         "memwrite=64 passes=0 dirty=1024 delay=1000",
     );
     let to = format!("tcp:{}:{}", ns.b_addr, port());
-    let dst = receiver_in(&p.dir, &ns.b, &to, &["--key", key.to_str().unwrap()]);
+    let dst = receiver_in(&p.dir, &ns.b.name, &to, &["--key", key.to_str().unwrap()]);
     let o = migrate(&p.sock, &to, &["--key", key.to_str().unwrap()]);
     assert_eq!(o.status, Some(0), "{}\n--- dst\n{}", o.dump(), dst.output());
     let at = last_memwrite_pass(&p.src.output());
@@ -394,47 +395,6 @@ fn proxy(real: &str, mode: Proxy) -> String {
         let _ = a.shutdown(std::net::Shutdown::Both);
     });
     front
-}
-
-/// Two network namespaces joined by a veth pair: two "hosts".
-struct NetnsPair {
-    a: String,
-    b: String,
-    b_addr: String,
-}
-
-impl NetnsPair {
-    fn new(tag: &str) -> Self {
-        let id = std::process::id() % 10000;
-        let (a, b) = (format!("pv{tag}a{id}"), format!("pv{tag}b{id}"));
-        let sh = |c: &str| {
-            let ok = Command::new("sh")
-                .args(["-c", c])
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok, "failed: {c}");
-        };
-        sh(&format!("ip netns add {a} && ip netns add {b}"));
-        sh(&format!(
-            "ip link add va{id} netns {a} type veth peer name vb{id} netns {b} && \
-             ip -n {a} addr add 10.231.0.1/24 dev va{id} && ip -n {b} addr add 10.231.0.2/24 dev vb{id} && \
-             ip -n {a} link set va{id} up && ip -n {b} link set vb{id} up && \
-             ip -n {a} link set lo up && ip -n {b} link set lo up"
-        ));
-        Self {
-            a,
-            b,
-            b_addr: "10.231.0.2".into(),
-        }
-    }
-}
-
-impl Drop for NetnsPair {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.a]).status();
-        let _ = Command::new("ip").args(["netns", "del", &self.b]).status();
-    }
 }
 
 fn source_in(name: &str, ns: &str, mem: &str, cmdline: &str) -> Pair {

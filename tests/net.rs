@@ -1,12 +1,13 @@
 //! virtio-net over a real tap in a network namespace the test creates: a Linux guest and the host
 //! ping each other, and 4 MiB go over TCP to the guest and back with matching checksums.
 
+use plainvm_tests::support::live_vm::LiveVm;
+use plainvm_tests::support::netns::Netns;
 use plainvm_tests::*;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
+use std::process::Command;
+use std::sync::mpsc::channel;
 use std::time::{Duration, Instant};
 
 const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 1);
@@ -15,164 +16,6 @@ const TAP: &str = "pvtap0";
 const BLOB: usize = 4 << 20;
 /// Limit for each step of the Linux guest (its kernel is emulated here, and the host may be busy).
 const SLOW: Duration = Duration::from_secs(600);
-
-/// A network namespace with a tap (`TAP`, 10.0.2.1/24, up) in it; deleted on drop, even when
-/// the test fails.
-struct Netns {
-    name: String,
-}
-
-fn ip(args: &[&str]) {
-    let o = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        o.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-impl Netns {
-    fn new(tag: &str, mtu: u32) -> Self {
-        let name = format!("plainvm-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        ip(&["netns", "add", &name]);
-        let ns = Self { name };
-        let n = ns.name.as_str();
-        ip(&["-n", n, "link", "set", "lo", "up"]);
-        ip(&[
-            "-n", n, "tuntap", "add", "dev", TAP, "mode", "tap", "vnet_hdr",
-        ]);
-        ip(&["-n", n, "addr", "add", "10.0.2.1/24", "dev", TAP]);
-        ip(&["-n", n, "link", "set", TAP, "mtu", &mtu.to_string(), "up"]);
-        ns
-    }
-
-    /// Run `f` on a thread that has entered this namespace (a thread's namespace is its own).
-    fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> std::thread::JoinHandle<T> {
-        let path = format!("/var/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let f_ns = std::fs::File::open(&path).expect("open netns");
-            // SAFETY: plain syscall on a valid namespace descriptor; it changes only this thread.
-            let rc = unsafe { libc::setns(f_ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
-/// plainvm running with its console streamed line by line; killed on drop.
-struct LiveVm {
-    child: Child,
-    lines: Receiver<String>,
-    log: Vec<String>,
-    stderr: std::thread::JoinHandle<String>,
-    started: Instant,
-}
-
-impl LiveVm {
-    fn start(cmd: &mut Command) -> Self {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start plainvm");
-        let out = child.stdout.take().unwrap();
-        let mut err = child.stderr.take().unwrap();
-        let (tx, lines) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        });
-        Self {
-            child,
-            lines,
-            log: Vec::new(),
-            stderr,
-            started: Instant::now(),
-        }
-    }
-
-    /// Wait for a console line containing `needle`; returns it.
-    fn wait_for(&mut self, needle: &str, limit: Duration) -> String {
-        let end = Instant::now() + limit;
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    // Shown live with --nocapture, and with the failure otherwise.
-                    eprintln!("[{:7.1}s] {line}", self.started.elapsed().as_secs_f64());
-                    self.log.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!("no '{needle}' within {limit:?}:\n{}", self.dump()),
-            }
-        }
-    }
-
-    fn dump(&mut self) -> String {
-        while let Ok(l) = self.lines.try_recv() {
-            self.log.push(l);
-        }
-        self.log.join("\n")
-    }
-
-    /// Wait for the process to exit; its status.
-    fn finish(mut self, limit: Duration) -> (Option<i32>, String, String) {
-        let end = Instant::now() + limit;
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s.code();
-            }
-            if Instant::now() > end {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        // The reader thread ends with the pipe.
-        let end = Instant::now() + Duration::from_secs(5);
-        while let Ok(l) = self
-            .lines
-            .recv_timeout(end.saturating_duration_since(Instant::now()))
-        {
-            self.log.push(l);
-        }
-        let log = self.log.join("\n");
-        let stderr = std::mem::replace(&mut self.stderr, std::thread::spawn(String::new));
-        (status, log, stderr.join().unwrap_or_default())
-    }
-}
-
-impl Drop for LiveVm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// One ICMP echo from the calling thread's namespace; true when `to` answered within `limit`.
 fn icmp_echo(to: Ipv4Addr, limit: Duration) -> bool {
@@ -266,7 +109,8 @@ fn linux_guest_pings_and_moves_4_mib_each_way_over_a_tap() {
     let dir = scratch("net-linux");
     // A 64 KiB MTU (which the device reports to the guest): the guest's kernel handles far
     // fewer packets, which matters when that kernel is emulated.
-    let ns = Netns::new("net", 65520);
+    let ns = Netns::new("net");
+    ns.add_tap(TAP, "10.0.2.1/24", 65520, None);
     // The host's listener for the guest's upload, bound before the guest runs.
     let upload = ns.run(|| {
         let l = TcpListener::bind(SocketAddr::from((HOST_IP, 5002))).expect("bind 10.0.2.1:5002");
@@ -391,7 +235,8 @@ fn packet_socket(ifname: &str) -> (i32, i32) {
 #[test]
 fn test_guest_exchanges_frames_with_the_host_over_a_tap() {
     const GUEST_MAC: [u8; 6] = [2, 0, 0, 0, 0, 3];
-    let ns = Netns::new("netfast", 9000);
+    let ns = Netns::new("netfast");
+    ns.add_tap(TAP, "10.0.2.1/24", 9000, None);
     let (ready_tx, ready) = channel();
     let host = ns.run(move || -> Result<usize, String> {
         let (fd, _) = packet_socket(TAP);

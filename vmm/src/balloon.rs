@@ -5,9 +5,9 @@ use crate::virtio_devices::{AttachError, EventLoop, VirtioSlots};
 use kvm_ioctls::VmFd;
 use plainvm_devices::virtio::balloon::{Balloon, BalloonStats};
 use plainvm_devices::Bus;
+use plainvm_devices::GuestRam;
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
-use vm_memory::GuestMemoryMmap;
 
 /// The balloon as written: `--balloon size=64M,free-page-reporting=on` or
 /// `{"size": "64M", "free_page_reporting": true}`; every key is optional.
@@ -133,7 +133,7 @@ pub fn attach(
     b: &BalloonSettings,
     memory_bytes: u64,
     vm: &VmFd,
-    mem: &GuestMemoryMmap,
+    mem: &GuestRam,
     mmio: &mut Bus,
     events: &mut EventLoop,
     slots: &mut VirtioSlots,

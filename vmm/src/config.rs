@@ -139,6 +139,23 @@ pub struct VmConfig {
     pub balloon: Option<crate::balloon::BalloonSettings>,
 }
 
+/// Serde helper for a `VmConfig` inside binary (bincode) data such as `VmState`: it goes as JSON
+/// text, because its JSON-oriented attributes (optional keys left out) do not survive bincode.
+pub mod as_json {
+    use super::VmConfig;
+    use serde::de::Error as _;
+    use serde::ser::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(c: &VmConfig, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&serde_json::to_string(c).map_err(S::Error::custom)?)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<VmConfig, D::Error> {
+        serde_json::from_str(&String::deserialize(d)?).map_err(D::Error::custom)
+    }
+}
+
 /// One virtio-net device as written: `--net tap=NAME[,mac=..]` or `{"tap": "NAME", "mac": ".."}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -383,6 +400,43 @@ fn host_memory_bytes() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_config_with_optional_keys_left_out_survives_bincode() {
+        #[derive(Serialize, Deserialize)]
+        struct Wrapper {
+            #[serde(with = "as_json")]
+            config: VmConfig,
+            after: u32,
+        }
+        let config = VmConfig {
+            kernel: None,
+            initrd: None,
+            cmdline: Some("x".into()),
+            cpus: 2,
+            memory_bytes: 128 << 20,
+            memory_merge: false,
+            cpu_affinity: vec![],
+            cpu_template: CpuTemplate::Auto,
+            rng: true,
+            nets: vec![],
+            // `id` is left out of the JSON when None, which plain bincode cannot read back.
+            disks: vec![crate::disks::DiskConfig {
+                path: "/d.img".into(),
+                readonly: false,
+                id: None,
+            }],
+            vsock: None,
+            balloon: None,
+        };
+        let bytes = bincode::serialize(&Wrapper {
+            config: config.clone(),
+            after: 7,
+        })
+        .unwrap();
+        let back: Wrapper = bincode::deserialize(&bytes).unwrap();
+        assert_eq!((back.config, back.after), (config, 7));
+    }
 
     #[test]
     fn sizes_parse_with_units() {

@@ -10,12 +10,13 @@ use crate::vm_state::{KvmVmState, VmState, VmStateError};
 use kvm_bindings::CpuId;
 use kvm_ioctls::{VcpuFd, VmFd};
 use plainvm_devices::serial::SerialConsole;
+use plainvm_devices::virtio::MmioTransport;
+use plainvm_devices::GuestRam;
 use serde::Serialize;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use vm_memory::GuestMemoryMmap;
 
 /// How long a pause may take before it is given up (the VM then keeps running).
 pub const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -35,8 +36,10 @@ pub enum ControllerError {
     Slots(#[from] SlotError),
     #[error("a diff snapshot needs a full snapshot of this VM first (or a VM restored from one)")]
     NoBase,
-    #[error("this VM has {0} virtio device(s); snapshots and migration of VMs with virtio devices are not supported yet")]
-    DevicesUnsupported(usize),
+    #[error(transparent)]
+    Gate(#[from] crate::loop_gate::GateError),
+    #[error("cannot pause a device: {0}")]
+    Device(#[from] plainvm_devices::virtio::PersistError),
 }
 
 /// One vCPU as the controller sees it.
@@ -51,7 +54,7 @@ pub struct VmController {
     /// The last snapshot taken (or restored from): the parent of the next diff snapshot.
     pub last_snapshot: Mutex<Option<PathBuf>>,
     pub vm: Arc<VmFd>,
-    pub mem: GuestMemoryMmap,
+    pub mem: GuestRam,
     /// Guest memory maps an older snapshot's memory file (restored lazily).
     pub file_backed: bool,
     pub config: VmConfig,
@@ -65,8 +68,10 @@ pub struct VmController {
     pub pending_exit: Mutex<Option<crate::exit::ExitReason>>,
     /// The running or last migration's progress.
     pub migration: Mutex<Option<crate::migration::sender::Progress>>,
-    /// Attached virtio devices (their state is not in snapshots yet).
-    pub virtio_devices: usize,
+    /// The virtio devices, in attach order (their state goes into `VmState`).
+    pub devices: Vec<Arc<Mutex<MmioTransport>>>,
+    /// Parks the device event loop while the VM is paused.
+    pub gate: Arc<crate::loop_gate::LoopGate>,
     /// The hypercall device's state: the guest agent and host requests (stop, see `vm_actions`).
     pub hypercall: Arc<crate::hypercall::HypercallState>,
     /// Ends the VM (the `kill` action, and after a migration).
@@ -89,7 +94,7 @@ impl VmController {
             if !slots.dirty_logging() {
                 return Err(ControllerError::NoBase);
             }
-            let dirty = slots.take_dirty(&self.vm)?;
+            let dirty = slots.take_dirty(&self.vm, &self.mem)?;
             let r = snapshot::create(
                 dir,
                 state,
@@ -116,7 +121,7 @@ impl VmController {
             )?;
             // From here on the log records what the next diff snapshot needs.
             slots.set_dirty_logging(&self.vm, true)?;
-            slots.take_dirty(&self.vm)?;
+            slots.take_dirty(&self.vm, &self.mem)?;
             stats
         };
         *last = Some(std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf()));
@@ -197,13 +202,25 @@ impl VmController {
         }
     }
 
-    /// Stop all vCPUs.
+    /// Stop all vCPUs, then the devices: the event loop parks and work in flight finishes, so
+    /// nothing changes guest memory or device state until `resume`. On failure the VM runs on.
     pub fn pause(&self) -> Result<(), ControllerError> {
-        Ok(self.control.pause(PAUSE_TIMEOUT)?)
+        self.control.pause(PAUSE_TIMEOUT)?;
+        let devices = self
+            .gate
+            .close(PAUSE_TIMEOUT)
+            .map_err(ControllerError::from)
+            .and_then(|()| Ok(crate::virtio_devices::quiesce_all(&self.devices)?));
+        if let Err(e) = devices {
+            self.resume();
+            return Err(e);
+        }
+        Ok(())
     }
 
-    /// Let them run again.
+    /// Let devices and vCPUs run again.
     pub fn resume(&self) {
+        self.gate.open();
         self.control.resume();
     }
 
@@ -229,6 +246,7 @@ impl VmController {
                     agent: h.agent,
                 }
             },
+            devices: crate::virtio_devices::save_all(&self.devices),
             vcpus,
         })
     }
@@ -237,9 +255,6 @@ impl VmController {
     /// A running VM is paused for it and resumed afterwards, also when the snapshot fails; a
     /// paused VM stays paused.
     pub fn snapshot(&self, dir: &Path, diff: bool) -> Result<SnapshotResult, ControllerError> {
-        if self.virtio_devices > 0 {
-            return Err(ControllerError::DevicesUnsupported(self.virtio_devices));
-        }
         let t0 = Instant::now();
         let was_paused = self.control.is_paused();
         if !was_paused {

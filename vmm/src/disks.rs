@@ -5,9 +5,9 @@ use crate::virtio_devices::{AttachError, EventLoop, VirtioSlots};
 use kvm_ioctls::VmFd;
 use plainvm_devices::virtio::block::{Block, BlockError, ID_BYTES};
 use plainvm_devices::Bus;
+use plainvm_devices::GuestRam;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
-use vm_memory::GuestMemoryMmap;
 
 /// One disk as written: `--disk path=IMG[,readonly=on][,id=NAME]` or
 /// `{"path": "IMG", "readonly": true, "id": "NAME"}`.
@@ -85,7 +85,7 @@ pub fn check(disk: &DiskConfig) -> Result<(), DiskConfigError> {
 pub fn attach_all(
     disks: &[DiskConfig],
     vm: &VmFd,
-    mem: &GuestMemoryMmap,
+    mem: &GuestRam,
     mmio: &mut Bus,
     events: &mut EventLoop,
     slots: &mut VirtioSlots,

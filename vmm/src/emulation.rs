@@ -4,8 +4,9 @@ use kvm_bindings::{
     KVM_INTERNAL_ERROR_EMULATION, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES,
 };
 use kvm_ioctls::VcpuFd;
+use plainvm_devices::GuestRam;
 use std::sync::atomic::{AtomicU64, Ordering};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 /// How many `int3` emulation failures were answered by injecting #BP (reported with --verbose).
 pub static BREAKPOINTS_INJECTED: AtomicU64 = AtomicU64::new(0);
@@ -14,7 +15,7 @@ pub static BREAKPOINTS_INJECTED: AtomicU64 = AtomicU64::new(0);
 const BP_VECTOR: u8 = 3;
 
 /// Handle a `KVM_EXIT_INTERNAL_ERROR`. Ok means the guest can go on; Err carries the report.
-pub fn handle_internal_error(vcpu: &mut VcpuFd, mem: &GuestMemoryMmap) -> Result<(), String> {
+pub fn handle_internal_error(vcpu: &mut VcpuFd, mem: &GuestRam) -> Result<(), String> {
     let run = vcpu.get_kvm_run();
     // SAFETY: the last exit was KVM_EXIT_INTERNAL_ERROR, so `internal` is the union's live member,
     // and it is plain integers.
@@ -58,7 +59,7 @@ pub fn handle_internal_error(vcpu: &mut VcpuFd, mem: &GuestMemoryMmap) -> Result
 }
 
 /// Read up to 15 bytes at linear address `linear`, through the guest's page tables.
-fn read_at_rip(vcpu: &VcpuFd, mem: &GuestMemoryMmap, linear: u64) -> Vec<u8> {
+fn read_at_rip(vcpu: &VcpuFd, mem: &GuestRam, linear: u64) -> Vec<u8> {
     let phys = match vcpu.translate_gva(linear) {
         Ok(t) if t.valid != 0 => t.physical_address,
         _ => return Vec::new(),

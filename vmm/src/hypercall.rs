@@ -8,11 +8,11 @@ use event_manager::{EventOps, Events, MutEventSubscriber, SubscriberOps};
 use plainvm_devices::hypercall::{proto, HeartbeatEvent, Hypercall, HypercallHost};
 pub use plainvm_devices::hypercall::{HypercallState, RequestKind, StateError};
 use plainvm_devices::Bus;
+use plainvm_devices::GuestRam;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
@@ -88,7 +88,7 @@ impl HypercallHost for VmmHost {
 /// Put the device at `proto::BASE` on `mmio`; returns the state it shares with the VMM.
 pub fn attach(
     mmio: &mut Bus,
-    mem: &GuestMemoryMmap,
+    mem: &GuestRam,
     exit: Arc<ExitSignal>,
 ) -> Result<Arc<HypercallState>, HypercallError> {
     let state = Arc::new(HypercallState::default());
@@ -236,7 +236,7 @@ mod tests {
     /// A request posted on the host side comes out of the device's REQUEST call, once.
     #[test]
     fn posted_request_reaches_the_guest_through_the_register_page() {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mem = GuestRam::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let exit = Arc::new(ExitSignal::new().unwrap());
         let mut bus = Bus::new();
         let state = attach(&mut bus, &mem, exit.clone()).unwrap();

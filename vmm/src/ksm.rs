@@ -1,6 +1,7 @@
 //! Kernel samepage merging: mark guest RAM MADV_MERGEABLE (`--memory size=..,merge=on`).
 
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use plainvm_devices::GuestRam;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 /// Errors marking memory mergeable.
 #[derive(Debug, thiserror::Error)]
@@ -8,7 +9,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 pub struct KsmError(std::io::Error);
 
 /// Mark every guest RAM region mergeable. Only advice: no page is touched or allocated.
-pub fn mark_mergeable(mem: &GuestMemoryMmap) -> Result<(), KsmError> {
+pub fn mark_mergeable(mem: &GuestRam) -> Result<(), KsmError> {
     for region in mem.iter() {
         let Ok(host) = mem.get_host_address(region.start_addr()) else {
             continue;

@@ -13,6 +13,7 @@ pub mod emulation;
 pub mod exit;
 pub mod hypercall;
 pub mod ksm;
+pub mod loop_gate;
 pub mod manage;
 pub mod memory;
 pub mod memory_slots;

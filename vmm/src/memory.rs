@@ -1,6 +1,7 @@
 //! Guest memory: the physical address layout, the RAM regions around the MMIO gap, the e820 map.
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use plainvm_devices::GuestRam;
+use vm_memory::GuestAddress;
 
 /// GDT shared by every boot mode.
 pub const GDT_ADDR: u64 = 0x500;
@@ -92,8 +93,8 @@ impl Layout {
     }
 
     /// Map the guest's RAM (anonymous, untouched until the guest uses it).
-    pub fn create_memory(&self) -> Result<GuestMemoryMmap, MemoryError> {
-        GuestMemoryMmap::from_ranges(&self.ranges()).map_err(|source| MemoryError::Map {
+    pub fn create_memory(&self) -> Result<GuestRam, MemoryError> {
+        GuestRam::from_ranges(&self.ranges()).map_err(|source| MemoryError::Map {
             size: self.size >> 20,
             source,
         })

@@ -2,7 +2,9 @@
 
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
 use kvm_ioctls::VmFd;
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use plainvm_devices::GuestRam;
+use vm_memory::bitmap::AtomicBitmap;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 /// Errors managing memory slots.
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +32,7 @@ pub struct DirtyBitmap {
 
 impl MemorySlots {
     /// Register every region of `mem` with KVM.
-    pub fn register(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<Self, SlotError> {
+    pub fn register(vm: &VmFd, mem: &GuestRam) -> Result<Self, SlotError> {
         let mut slots = Vec::new();
         for (slot, region) in mem.iter().enumerate() {
             let host = mem
@@ -76,17 +78,24 @@ impl MemorySlots {
             .is_some_and(|r| r.flags & KVM_MEM_LOG_DIRTY_PAGES != 0)
     }
 
-    /// The pages written since the last call (or since logging was turned on); resets the log.
-    pub fn take_dirty(&self, vm: &VmFd) -> Result<Vec<DirtyBitmap>, SlotError> {
+    /// The pages written since the last call (or since logging was turned on), by the guest (KVM's
+    /// log) or by the VMM itself (the bitmap `mem` keeps for device writes); resets both.
+    pub fn take_dirty(&self, vm: &VmFd, mem: &GuestRam) -> Result<Vec<DirtyBitmap>, SlotError> {
         self.slots
             .iter()
-            .map(|r| {
-                let bits = vm
-                    .get_dirty_log(r.slot, r.memory_size as usize)
-                    .map_err(|source| SlotError::Kvm {
-                        what: "read the dirty-page log",
-                        source,
-                    })?;
+            .zip(mem.iter())
+            .map(|(r, region)| {
+                let mut bits =
+                    vm.get_dirty_log(r.slot, r.memory_size as usize)
+                        .map_err(|source| SlotError::Kvm {
+                            what: "read the dirty-page log",
+                            source,
+                        })?;
+                // Both bitmaps have one bit per 4 KiB page of the region, 64 to a word.
+                let vmm_writes: &AtomicBitmap = std::ops::Deref::deref(region).bitmap();
+                for (b, v) in bits.iter_mut().zip(vmm_writes.get_and_reset()) {
+                    *b |= v;
+                }
                 Ok(DirtyBitmap {
                     guest_addr: r.guest_phys_addr,
                     bits,

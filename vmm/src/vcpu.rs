@@ -7,8 +7,8 @@ use crate::vcpu_control::{set_thread_kvm_run, VcpuControl};
 use kvm_bindings::{kvm_fpu, kvm_mp_state, kvm_msr_entry, CpuId, Msrs, KVM_MP_STATE_RUNNABLE};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use plainvm_devices::Bus;
+use plainvm_devices::GuestRam;
 use std::sync::{Arc, Mutex, MutexGuard};
-use vm_memory::GuestMemoryMmap;
 
 /// Errors setting up a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -127,7 +127,7 @@ pub struct Vcpu {
     pub index: u8,
     pub pio: Bus,
     pub mmio: Bus,
-    pub mem: GuestMemoryMmap,
+    pub mem: GuestRam,
     pub exit: Arc<ExitSignal>,
     pub control: Arc<VcpuControl>,
 }

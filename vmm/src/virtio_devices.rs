@@ -4,10 +4,12 @@
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use plainvm_devices::virtio::mmio::QUEUE_NOTIFY;
-use plainvm_devices::virtio::{Interrupt, MmioTransport, VirtioDevice, MMIO_WINDOW};
+use plainvm_devices::virtio::{
+    Interrupt, MmioTransport, PersistError, VirtioDevice, VirtioState, MMIO_WINDOW,
+};
 use plainvm_devices::Bus;
+use plainvm_devices::GuestRam;
 use std::sync::{Arc, Mutex};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Where the first device's window is (inside the MMIO gap); each next one follows.
@@ -35,11 +37,22 @@ pub enum AttachError {
     Bus(#[from] plainvm_devices::BusError),
 }
 
-/// Hands out windows and IRQs, and collects the command-line entries.
+/// Errors putting saved device state back.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceRestoreError {
+    #[error("the saved VM has {saved} virtio device(s), this configuration {here}: restore with the configuration it was saved with")]
+    Count { saved: usize, here: usize },
+    #[error("virtio device {index}: {source}")]
+    Device { index: usize, source: PersistError },
+}
+
+/// Hands out windows and IRQs, and collects the command-line entries and the transports.
 pub struct VirtioSlots {
     next: u32,
     /// `virtio_mmio.device=` entries, one per attached device.
     pub cmdline: Vec<String>,
+    /// The attached devices, in order.
+    pub transports: Vec<Arc<Mutex<MmioTransport>>>,
 }
 
 impl Default for VirtioSlots {
@@ -47,8 +60,24 @@ impl Default for VirtioSlots {
         Self {
             next: FIRST_IRQ,
             cmdline: Vec::new(),
+            transports: Vec::new(),
         }
     }
+}
+
+/// Lock one transport (a poisoned lock still holds usable state: a panic aborts the VMM).
+pub fn lock(t: &Mutex<MmioTransport>) -> std::sync::MutexGuard<'_, MmioTransport> {
+    t.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Every device's saved state, in attach order (the VM is paused and its devices quiesced).
+pub fn save_all(transports: &[Arc<Mutex<MmioTransport>>]) -> Vec<VirtioState> {
+    transports.iter().map(|t| lock(t).save()).collect()
+}
+
+/// Finish every device's in-flight work (the device event loop is parked).
+pub fn quiesce_all(transports: &[Arc<Mutex<MmioTransport>>]) -> Result<(), PersistError> {
+    transports.iter().try_for_each(|t| lock(t).quiesce())
 }
 
 impl VirtioSlots {
@@ -56,7 +85,7 @@ impl VirtioSlots {
     pub fn attach<D>(
         &mut self,
         vm: &VmFd,
-        mem: &GuestMemoryMmap,
+        mem: &GuestRam,
         mmio: &mut Bus,
         events: &mut EventLoop,
         device: D,
@@ -85,11 +114,30 @@ impl VirtioSlots {
             Interrupt::new(irqfd),
             queue_evts,
         );
-        mmio.insert(Arc::new(Mutex::new(transport)), base, MMIO_WINDOW)?;
+        let transport = Arc::new(Mutex::new(transport));
+        mmio.insert(transport.clone(), base, MMIO_WINDOW)?;
+        self.transports.push(transport);
         events.add_subscriber(device.clone());
         self.cmdline
             .push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
         self.next += 1;
         Ok(device)
+    }
+
+    /// Put saved device states back into the freshly attached devices (same configuration, so
+    /// the same order); nothing of them runs before the VM's vCPUs start.
+    pub fn restore(&self, saved: &[VirtioState]) -> Result<(), DeviceRestoreError> {
+        if saved.len() != self.transports.len() {
+            return Err(DeviceRestoreError::Count {
+                saved: saved.len(),
+                here: self.transports.len(),
+            });
+        }
+        for (index, (t, s)) in self.transports.iter().zip(saved).enumerate() {
+            lock(t)
+                .restore(s)
+                .map_err(|source| DeviceRestoreError::Device { index, source })?;
+        }
+        Ok(())
     }
 }

@@ -7,6 +7,7 @@ use crate::console::{ConsoleIn, ConsoleOut};
 use crate::controller::{VcpuHandle, VmController};
 use crate::cpuid;
 use crate::exit::{ExitReason, ExitSignal, ResetTrigger};
+use crate::loop_gate::{GateSubscriber, LoopGate};
 use crate::memory::Layout;
 use crate::memory_slots::{MemorySlots, SlotError};
 use crate::snapshot::{self, SnapshotError};
@@ -25,11 +26,11 @@ use plainvm_devices::trigger::EventFdTrigger;
 use plainvm_devices::virtio::net::{tap::TapError, MacAddr, Net, Tap};
 use plainvm_devices::virtio::rng::Rng;
 use plainvm_devices::Bus;
+use plainvm_devices::GuestRam;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -67,6 +68,8 @@ pub enum VmError {
     Bus(#[from] plainvm_devices::BusError),
     #[error(transparent)]
     Attach(#[from] AttachError),
+    #[error("cannot restore the devices: {0}")]
+    DeviceRestore(#[from] crate::virtio_devices::DeviceRestoreError),
     #[error(transparent)]
     Tap(#[from] TapError),
     #[error(transparent)]
@@ -126,7 +129,7 @@ pub enum RestoreMemory {
     /// A snapshot directory; `copy` reads it all up front instead of mapping it lazily.
     Snapshot { dir: PathBuf, copy: bool },
     /// Memory already filled in (by an incoming migration).
-    Filled(GuestMemoryMmap),
+    Filled(GuestRam),
 }
 
 /// How to start the VM beyond its configuration.
@@ -202,12 +205,17 @@ pub fn run(cfg: &VmConfig, opts: RunOptions) -> Result<RunResult, VmError> {
         None => None,
     };
 
+    if let Some(r) = restore {
+        virtio.restore(&r.state.devices)?;
+    }
     let boot = match restore {
         None => Some(boot::prepare(&mem, &layout, cfg, &virtio.cmdline)?),
         Some(_) => None,
     };
 
     let exit = Arc::new(ExitSignal::new().map_err(VmError::EventFd)?);
+    let gate = LoopGate::new(exit.clone()).map_err(VmError::EventFd)?;
+    events.add_subscriber(Arc::new(Mutex::new(GateSubscriber(gate.clone()))));
     let hypercall = crate::hypercall::attach(&mut mmio, &mem, exit.clone())?;
     if let Some(r) = restore {
         hypercall.continue_from(r.state.hypercall.generation, r.state.hypercall.agent);
@@ -305,7 +313,8 @@ pub fn run(cfg: &VmConfig, opts: RunOptions) -> Result<RunResult, VmError> {
         started,
         migration: Mutex::new(None),
         pending_exit: Mutex::new(None),
-        virtio_devices: virtio.cmdline.len(),
+        devices: virtio.transports.clone(),
+        gate,
         hypercall: hypercall.clone(),
         exit: exit.clone(),
         balloon,

@@ -9,6 +9,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::VmFd;
 use plainvm_devices::serial::SerialSnapshot;
+use plainvm_devices::virtio::VirtioState;
 use serde::{Deserialize, Serialize};
 
 /// Errors reading or writing VM-wide state.
@@ -33,10 +34,13 @@ pub struct KvmVmState {
 /// Everything needed to rebuild a running VM, except guest memory.
 #[derive(Serialize, Deserialize)]
 pub struct VmState {
+    #[serde(with = "crate::config::as_json")]
     pub config: VmConfig,
     pub kvm: KvmVmState,
     pub serial: SerialSnapshot,
     pub hypercall: HypercallSaved,
+    /// The virtio devices, in the order they are attached (see `vm::run`).
+    pub devices: Vec<VirtioState>,
     pub vcpus: Vec<VcpuState>,
 }
 

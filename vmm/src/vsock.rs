@@ -5,9 +5,9 @@ use crate::virtio_devices::{AttachError, EventLoop, VirtioSlots};
 use kvm_ioctls::VmFd;
 use plainvm_devices::virtio::vsock::{Vsock, VsockError};
 use plainvm_devices::Bus;
+use plainvm_devices::GuestRam;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
-use vm_memory::GuestMemoryMmap;
 
 /// The vsock device as written: `--vsock cid=N,socket=PATH` or `{"cid": N, "socket": "PATH"}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,7 +76,7 @@ pub fn check(v: &VsockConfig) -> Result<(), VsockConfigError> {
 pub fn attach(
     v: &VsockConfig,
     vm: &VmFd,
-    mem: &GuestMemoryMmap,
+    mem: &GuestRam,
     mmio: &mut Bus,
     events: &mut EventLoop,
     slots: &mut VirtioSlots,

@@ -3,11 +3,12 @@
 
 use super::log::GuestLog;
 use super::{HypercallHost, HypercallState};
+use crate::GuestRam;
 use plainvm_guest_proto::call::{join, split};
 use plainvm_guest_proto::{agent, nr, power, status};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 /// Bitmap of implemented calls (RET1 of VERSION).
 const IMPLEMENTED: u32 = (1 << nr::COUNT) - 1;
@@ -15,7 +16,7 @@ const IMPLEMENTED: u32 = (1 << nr::COUNT) - 1;
 /// The calls and what they act on.
 pub struct Calls {
     pub state: Arc<HypercallState>,
-    mem: GuestMemoryMmap,
+    mem: GuestRam,
     ram_kib: u64,
     log: GuestLog,
     host: Box<dyn HypercallHost>,
@@ -23,11 +24,7 @@ pub struct Calls {
 
 impl Calls {
     /// Calls on guest memory `mem`, sharing `state`, reaching the VMM through `host`.
-    pub fn new(
-        mem: GuestMemoryMmap,
-        state: Arc<HypercallState>,
-        host: Box<dyn HypercallHost>,
-    ) -> Self {
+    pub fn new(mem: GuestRam, state: Arc<HypercallState>, host: Box<dyn HypercallHost>) -> Self {
         let ram_kib = mem.iter().map(|r| r.len()).sum::<u64>() >> 10;
         Self {
             state,

@@ -1,9 +1,10 @@
 //! The LOG call: copy text out of guest RAM (validated), make it safe for a terminal, rate-limit.
 
 use super::{HypercallHost, RateLimit};
+use crate::GuestRam;
 use plainvm_guest_proto::{status, LOG_MAX};
 use std::time::Instant;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 /// Messages a guest may log at once, then per second.
 const BURST: u32 = 32;
@@ -28,7 +29,7 @@ impl GuestLog {
     /// Log `len` bytes at guest-physical `addr`; returns the bytes logged or a status code.
     pub fn call(
         &mut self,
-        mem: &GuestMemoryMmap,
+        mem: &GuestRam,
         addr: u64,
         len: u32,
         now: Instant,
@@ -112,7 +113,7 @@ mod tests {
 
     #[test]
     fn validates_length_and_address_and_rate_limits() {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let mem = GuestRam::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
         mem.write_slice(b"hello", GuestAddress(0x100)).unwrap();
         let mut log = GuestLog::default();
         let mut host = Lines::default();

@@ -4,9 +4,9 @@
 use super::dispatch::Calls;
 use super::{HypercallHost, HypercallState};
 use crate::bus::BusDevice;
+use crate::GuestRam;
 use plainvm_guest_proto::{regs, status, LOG_MAX, MAGIC, VERSION};
 use std::sync::Arc;
-use vm_memory::GuestMemoryMmap;
 
 /// The hypercall device (put it on the MMIO bus at `plainvm_guest_proto::BASE`).
 pub struct Hypercall {
@@ -19,11 +19,7 @@ pub struct Hypercall {
 
 impl Hypercall {
     /// A device over guest memory `mem`, sharing `state` with the VMM, acting through `host`.
-    pub fn new(
-        mem: GuestMemoryMmap,
-        state: Arc<HypercallState>,
-        host: Box<dyn HypercallHost>,
-    ) -> Self {
+    pub fn new(mem: GuestRam, state: Arc<HypercallState>, host: Box<dyn HypercallHost>) -> Self {
         Self {
             calls: Calls::new(mem, state, host),
             args: [0; 4],
@@ -132,8 +128,8 @@ mod tests {
         }
     }
 
-    fn device() -> (Hypercall, Arc<HypercallState>, Host, GuestMemoryMmap) {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    fn device() -> (Hypercall, Arc<HypercallState>, Host, GuestRam) {
+        let mem = GuestRam::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let state = Arc::new(HypercallState::default());
         let host = Host::default();
         let dev = Hypercall::new(mem.clone(), state.clone(), Box::new(host.clone()));

@@ -2,13 +2,14 @@
 //! up (inflated or reported free) go back to the host with `madvise(MADV_DONTNEED)`, so the
 //! VMM's resident memory really drops; every page is checked against guest RAM first.
 
+use super::persist::{self, PersistError};
 use super::{read_config_bytes, ActivateError, Interrupt, VirtioDevice, TYPE_BALLOON};
+use crate::GuestRam;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::io::Read;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{
-    Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-    MemoryRegionAddress,
+    Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress,
 };
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -36,7 +37,7 @@ pub struct BalloonStats {
 }
 
 struct Active {
-    mem: GuestMemoryMmap,
+    mem: GuestRam,
     queues: Vec<Queue>,
     interrupt: Interrupt,
 }
@@ -156,10 +157,7 @@ fn pages(bytes: u64) -> u32 {
 }
 
 /// The little-endian u32 page numbers in a chain's readable buffers.
-fn read_pfns(
-    mem: &GuestMemoryMmap,
-    chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
-) -> Vec<u64> {
+fn read_pfns(mem: &GuestRam, chain: virtio_queue::DescriptorChain<&GuestRam>) -> Vec<u64> {
     let Ok(r) = chain.reader(mem) else {
         return Vec::new(); // descriptors outside guest memory
     };
@@ -187,7 +185,7 @@ fn runs(pfns: &[u64]) -> Vec<(u64, u64)> {
 
 /// Give `[gpa, gpa + len)` (page-aligned) back to the host, region by region; pages outside
 /// guest RAM are skipped. Returns (pages released, pages rejected).
-pub fn release(mem: &GuestMemoryMmap, gpa: u64, len: u64) -> (u64, u64) {
+pub fn release(mem: &GuestRam, gpa: u64, len: u64) -> (u64, u64) {
     let (mut ok, mut bad) = (0, 0);
     let end = gpa.saturating_add(len);
     let mut at = gpa;
@@ -257,7 +255,7 @@ impl VirtioDevice for Balloon {
     }
     fn activate(
         &mut self,
-        mem: GuestMemoryMmap,
+        mem: GuestRam,
         queues: Vec<Queue>,
         interrupt: Interrupt,
     ) -> Result<(), ActivateError> {
@@ -267,14 +265,22 @@ impl VirtioDevice for Balloon {
             queues,
             interrupt,
         });
-        for q in 0..self.queue_sizes.len() {
-            self.process_queue(q);
-        }
         Ok(())
     }
     fn reset(&mut self) {
         self.active = None;
         self.actual = 0;
+    }
+    fn queues(&self) -> &[Queue] {
+        self.active.as_ref().map_or(&[], |a| &a.queues[..])
+    }
+    fn save_state(&self) -> Vec<u8> {
+        persist::encode(&(self.num_pages, self.actual))
+    }
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), PersistError> {
+        // The target may have changed since boot (`plainvm balloon`); the saved one wins.
+        (self.num_pages, self.actual) = persist::decode(state)?;
+        Ok(())
     }
 }
 
@@ -302,9 +308,9 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
-    fn setup(reporting: bool) -> (Balloon, GuestMemoryMmap, Vec<TestQueue>) {
+    fn setup(reporting: bool) -> (Balloon, GuestRam, Vec<TestQueue>) {
         let mut b = Balloon::new(8 * MIB, reporting).unwrap();
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 * MIB as usize)]).unwrap();
+        let mem = GuestRam::from_ranges(&[(GuestAddress(0), 16 * MIB as usize)]).unwrap();
         let n = if reporting { 3 } else { 2 };
         let tqs: Vec<TestQueue> = (0..n)
             .map(|i| TestQueue::new(&mem, 0x1_0000 + i * 0x1000, 16))
@@ -315,7 +321,7 @@ mod tests {
         (b, mem, tqs)
     }
 
-    fn resident(mem: &GuestMemoryMmap, gpa: u64) -> bool {
+    fn resident(mem: &GuestRam, gpa: u64) -> bool {
         let host = mem.get_host_address(GuestAddress(gpa)).unwrap();
         let mut v = [0u8; 1];
         // SAFETY: one page of a live mapping; mincore writes one byte into `v`.

@@ -51,6 +51,15 @@ impl Interrupt {
         self.status.fetch_and(!bits, Ordering::SeqCst);
     }
 
+    /// Take back a saved InterruptStatus; pending bits are signalled again (the driver checks
+    /// the status register, so a repeated interrupt is harmless and a lost one is not).
+    pub fn restore(&self, bits: u32) {
+        self.status.store(bits, Ordering::SeqCst);
+        if bits != 0 {
+            let _ = self.irqfd.write(1);
+        }
+    }
+
     /// The irqfd (for registration with KVM).
     pub fn irqfd(&self) -> &EventFd {
         &self.irqfd

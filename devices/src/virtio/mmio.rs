@@ -1,10 +1,11 @@
 //! The virtio-mmio transport (version 2): the register window a driver programs a device through.
 
+use super::persist::{PersistError, SavedQueue, VirtioState};
 use super::{Interrupt, VirtioDevice, F_VERSION_1};
 use crate::bus::BusDevice;
+use crate::GuestRam;
 use std::sync::{Arc, Mutex};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 const MAGIC: u32 = 0x7472_6976; // "virt"
@@ -24,7 +25,7 @@ const CONFIG: u64 = 0x100;
 /// The transport: registers, queue set-up, and the hand-over of queues to the device.
 pub struct MmioTransport {
     device: Arc<Mutex<dyn VirtioDevice>>,
-    mem: GuestMemoryMmap,
+    mem: GuestRam,
     interrupt: Interrupt,
     queue_evts: Vec<EventFd>,
     /// The queues while the driver sets them up (the device owns them once active).
@@ -45,7 +46,7 @@ impl MmioTransport {
     /// registers the same ones as ioeventfds on QueueNotify).
     pub fn new(
         device: Arc<Mutex<dyn VirtioDevice>>,
-        mem: GuestMemoryMmap,
+        mem: GuestRam,
         interrupt: Interrupt,
         queue_evts: Vec<EventFd>,
     ) -> Self {
@@ -131,6 +132,8 @@ impl MmioTransport {
         match r {
             Ok(()) => {
                 self.active = true;
+                // Buffers the driver made available before DRIVER_OK are served now.
+                self.kick_queues();
                 status
             }
             Err(_) => {
@@ -221,6 +224,98 @@ impl MmioTransport {
             }
             _ => {}
         }
+    }
+}
+
+impl MmioTransport {
+    /// Start the device's queue processing on the event loop (the device processes nothing
+    /// while it is activated).
+    fn kick_queues(&self) {
+        for evt in &self.queue_evts {
+            let _ = evt.write(1);
+        }
+    }
+
+    /// The device's whole state (the VM is paused and the device quiesced).
+    pub fn save(&self) -> VirtioState {
+        let device = self.device();
+        let queues = if self.active {
+            device.queues().iter().map(SavedQueue::of).collect()
+        } else {
+            self.queues.iter().map(SavedQueue::of).collect()
+        };
+        VirtioState {
+            device_type: self.device_type,
+            status: self.status,
+            driver_features: self.driver_features,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            queue_sel: self.queue_sel,
+            interrupt_status: self.interrupt.status(),
+            active: self.active,
+            queues,
+            device: device.save_state(),
+        }
+    }
+
+    /// Put a fresh transport (and its device) into a saved state. Everything is checked against
+    /// this device and guest memory before anything changes; an active device gets its queues
+    /// back, and they are kicked so the work the driver had queued is picked up once the VM runs.
+    pub fn restore(&mut self, s: &VirtioState) -> Result<(), PersistError> {
+        if s.device_type != self.device_type {
+            return Err(PersistError::WrongDevice {
+                want: self.device_type,
+                found: s.device_type,
+            });
+        }
+        if s.driver_features & !self.features != 0 {
+            return Err(PersistError::Features {
+                device_type: self.device_type,
+                features: s.driver_features & !self.features,
+            });
+        }
+        if s.queues.len() != self.max_sizes.len() {
+            return Err(PersistError::QueueCount {
+                device_type: self.device_type,
+                want: self.max_sizes.len(),
+                found: s.queues.len(),
+            });
+        }
+        let mut queues = Vec::with_capacity(s.queues.len());
+        for (i, (saved, &max)) in s.queues.iter().zip(&self.max_sizes).enumerate() {
+            let q = saved.to_queue(max).ok_or(PersistError::BadQueue(i))?;
+            if s.active && !(q.ready() && q.is_valid(&self.mem)) {
+                return Err(PersistError::BadQueue(i));
+            }
+            queues.push(q);
+        }
+        {
+            let device = self.device.clone();
+            let mut device = device.lock().unwrap_or_else(|e| e.into_inner());
+            device.restore_state(&s.device)?;
+            if s.active {
+                device.ack_features(s.driver_features);
+                device.activate(self.mem.clone(), queues, self.interrupt.clone())?;
+            } else {
+                self.queues = queues;
+            }
+        }
+        self.active = s.active;
+        self.status = s.status;
+        self.driver_features = s.driver_features;
+        self.device_features_sel = s.device_features_sel;
+        self.driver_features_sel = s.driver_features_sel;
+        self.queue_sel = s.queue_sel;
+        self.interrupt.restore(s.interrupt_status);
+        if self.active {
+            self.kick_queues();
+        }
+        Ok(())
+    }
+
+    /// Finish the device's in-flight work (see `VirtioDevice::quiesce`).
+    pub fn quiesce(&self) -> Result<(), PersistError> {
+        self.device().quiesce()
     }
 }
 

@@ -5,6 +5,9 @@ pub mod block;
 pub mod interrupt;
 pub mod mmio;
 pub mod net;
+pub mod persist;
+#[cfg(test)]
+mod persist_tests;
 pub mod rng;
 #[cfg(test)]
 mod test_queue;
@@ -12,9 +15,10 @@ pub mod vsock;
 
 pub use interrupt::Interrupt;
 pub use mmio::MmioTransport;
+pub use persist::{PersistError, VirtioState};
 
+use crate::GuestRam;
 use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
 
 /// Device IDs from the virtio specification.
 pub const TYPE_NET: u32 = 1;
@@ -56,15 +60,33 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Write the device-specific configuration space (ignored unless the device has writable fields).
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
-    /// Start processing: the driver set `DRIVER_OK` with these (validated) queues.
+    /// Start processing: the driver set `DRIVER_OK` with these (validated) queues, or a restore
+    /// hands back the saved ones. Nothing is processed here: the transport then kicks every
+    /// queue's eventfd, so work starts on the event loop (after a restore: once the VM runs).
     fn activate(
         &mut self,
-        mem: GuestMemoryMmap,
+        mem: GuestRam,
         queues: Vec<Queue>,
         interrupt: Interrupt,
     ) -> Result<(), ActivateError>;
     /// The driver reset the device: stop processing and drop the queues.
     fn reset(&mut self);
+    /// The queues the device owns (empty until activated), for snapshots.
+    fn queues(&self) -> &[Queue];
+    /// The VM is pausing and the event loop is parked: finish whatever back-end threads are
+    /// doing with guest memory and the queues, so that the saved state is complete. Activation
+    fn quiesce(&mut self) -> Result<(), PersistError> {
+        Ok(())
+    }
+    /// The device's own state beyond the transport and queues (see `persist::encode`).
+    fn save_state(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    /// Take back what `save_state` returned, before the saved queues are handed to `activate`;
+    /// an error refuses the restore (e.g. the back-end no longer matches what the guest saw).
+    fn restore_state(&mut self, _state: &[u8]) -> Result<(), PersistError> {
+        Ok(())
+    }
 }
 
 /// Check that the driver set up exactly the `want` queues a device needs.

@@ -1,9 +1,10 @@
 //! virtio-rng: fills the guest's buffers from the host's `getrandom`.
 
 use super::{ActivateError, Interrupt, VirtioDevice, TYPE_RNG};
+use crate::GuestRam;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::Bytes;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -14,7 +15,7 @@ const MAX_REQUEST: usize = 64 << 10;
 /// The entropy device.
 pub struct Rng {
     queue_evt: EventFd,
-    active: Option<(GuestMemoryMmap, Queue, Interrupt)>,
+    active: Option<(GuestRam, Queue, Interrupt)>,
 }
 
 impl Rng {
@@ -99,18 +100,21 @@ impl VirtioDevice for Rng {
     }
     fn activate(
         &mut self,
-        mem: GuestMemoryMmap,
+        mem: GuestRam,
         mut queues: Vec<Queue>,
         interrupt: Interrupt,
     ) -> Result<(), ActivateError> {
         super::expect_queues(&queues, 1)?;
         self.active = Some((mem, queues.remove(0), interrupt));
-        // Requests queued before activation are served now.
-        self.process();
         Ok(())
     }
     fn reset(&mut self) {
         self.active = None;
+    }
+    fn queues(&self) -> &[Queue] {
+        self.active
+            .as_ref()
+            .map_or(&[], |(_, q, _)| std::slice::from_ref(q))
     }
 }
 
@@ -134,8 +138,8 @@ mod tests {
 
     const MEM: usize = 1 << 20;
 
-    fn active(size: u16) -> (Rng, TestQueue, GuestMemoryMmap) {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM)]).unwrap();
+    fn active(size: u16) -> (Rng, TestQueue, GuestRam) {
+        let mem = GuestRam::from_ranges(&[(GuestAddress(0), MEM)]).unwrap();
         let tq = TestQueue::new(&mem, 0x1000, size);
         let mut rng = Rng::new().unwrap();
         let irq = Interrupt::new(EventFd::new(0).unwrap());

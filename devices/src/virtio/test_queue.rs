@@ -1,8 +1,9 @@
 //! Test helper: a split virtqueue laid out in guest memory, driven from the driver's side, so
 //! device tests can feed arbitrary (including malformed) descriptor chains.
 
+use crate::GuestRam;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 const NEXT: u16 = 1;
 const WRITE: u16 = 2;
@@ -17,7 +18,7 @@ pub struct TestQueue {
 }
 
 impl TestQueue {
-    pub fn new(mem: &GuestMemoryMmap, base: u64, size: u16) -> Self {
+    pub fn new(mem: &GuestRam, base: u64, size: u16) -> Self {
         assert!(size <= 16);
         mem.write_slice(&[0u8; 0xc00], GuestAddress(base)).unwrap();
         Self {
@@ -44,7 +45,7 @@ impl TestQueue {
     }
 
     /// Make a chain of (address, length, device-writable) buffers available.
-    pub fn add(&mut self, mem: &GuestMemoryMmap, bufs: &[(u64, u32, bool)]) -> u16 {
+    pub fn add(&mut self, mem: &GuestRam, bufs: &[(u64, u32, bool)]) -> u16 {
         let head = self.next_desc;
         for (i, &(addr, len, write)) in bufs.iter().enumerate() {
             let idx = self.next_desc;
@@ -71,15 +72,7 @@ impl TestQueue {
     }
 
     /// Make a raw descriptor table entry (for loops and other malformed chains).
-    pub fn set_desc(
-        &self,
-        mem: &GuestMemoryMmap,
-        idx: u16,
-        addr: u64,
-        len: u32,
-        flags: u16,
-        next: u16,
-    ) {
+    pub fn set_desc(&self, mem: &GuestRam, idx: u16, addr: u64, len: u32, flags: u16, next: u16) {
         let mut d = [0u8; 16];
         d[0..8].copy_from_slice(&addr.to_le_bytes());
         d[8..12].copy_from_slice(&len.to_le_bytes());
@@ -90,7 +83,7 @@ impl TestQueue {
     }
 
     /// The used ring so far: (descriptor head, length written).
-    pub fn used(&self, mem: &GuestMemoryMmap) -> Vec<(u16, u32)> {
+    pub fn used(&self, mem: &GuestRam) -> Vec<(u16, u32)> {
         let n: u16 = mem.read_obj(GuestAddress(self.base + 0x802)).unwrap();
         (0..u64::from(n))
             .map(|i| {

@@ -37,6 +37,8 @@ pub struct Options {
     pub blk_selftest: bool,
     /// `blk-bench=<MiB>`: virtio-blk throughput over this many MiB of the first disk.
     pub blk_bench_mib: Option<u64>,
+    /// `blk-loop`: the verifiable disk workload on the first disk (`passes=`, `show-gen` apply).
+    pub blk_loop: bool,
     /// `net-selftest`: one frame each way through the first virtio-net device.
     pub net_selftest: bool,
     /// `net-bench=<MiB>`: virtio-net transmit then receive throughput over this many MiB.
@@ -65,6 +67,7 @@ pub unsafe fn parse(addr: u64) -> Options {
         line: &[],
         blk_selftest: false,
         blk_bench_mib: None,
+        blk_loop: false,
         net_selftest: false,
         net_bench_mib: None,
     };
@@ -113,6 +116,8 @@ pub unsafe fn parse(addr: u64) -> Options {
             opts.blk_selftest = true;
         } else if let Some(v) = value(word, b"blk-bench=") {
             opts.blk_bench_mib = Some(v);
+        } else if word == b"blk-loop" {
+            opts.blk_loop = true;
         } else if word == b"net-selftest" {
             opts.net_selftest = true;
         } else if let Some(v) = value(word, b"net-bench=") {

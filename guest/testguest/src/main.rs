@@ -2,6 +2,7 @@
 #![no_std]
 #![no_main]
 
+mod blk_loop;
 mod blk_workload;
 mod clock;
 mod cmdline;
@@ -74,6 +75,9 @@ pub extern "C" fn testguest_main(idx: u64, ncpus: u64, ram: u64, cmdline_addr: u
     }
     if let Some(mib) = opts.blk_bench_mib {
         blk_workload::bench(opts.line, mib);
+    }
+    if opts.blk_loop {
+        blk_loop::run(opts.line, opts.passes, opts.show_gen);
     }
     if opts.net_selftest {
         net_workload::selftest(opts.line);

@@ -2,8 +2,9 @@
 
 use linux_loader::loader::bootparam::setup_header;
 use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
+use plainvm_devices::GuestRam;
 use std::io::{Cursor, Read, Seek, SeekFrom};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
 
 use crate::memory::HIMEM_START;
 
@@ -56,7 +57,7 @@ impl Image for std::fs::File {}
 impl Image for Cursor<&[u8]> {}
 
 /// Load `image` into `mem`.
-pub fn load(mem: &GuestMemoryMmap, image: &mut impl Image) -> Result<Loaded, ImageError> {
+pub fn load(mem: &GuestRam, image: &mut impl Image) -> Result<Loaded, ImageError> {
     let mut magic = [0u8; 0x206];
     image.rewind().map_err(ImageError::Read)?;
     let n = read_up_to(image, &mut magic)?;
@@ -180,7 +181,7 @@ mod tests {
 
     #[test]
     fn text_file_is_not_a_kernel() {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+        let mem = GuestRam::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
         let mut c = Cursor::new(&b"#!/bin/sh\necho hello\n"[..]);
         assert!(matches!(load(&mem, &mut c), Err(ImageError::UnknownFormat)));
     }

@@ -11,8 +11,9 @@ use crate::config::{VmConfig, MAX_CMDLINE};
 use crate::memory::{Layout, CMDLINE_ADDR, GDT_ADDR, TSS_ADDR};
 pub use image::Entry;
 use params::InitrdPlace;
+use plainvm_devices::GuestRam;
 use std::path::{Path, PathBuf};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 /// Errors preparing the guest to boot.
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +70,7 @@ pub static DEFAULT_GUEST: &[u8] = include_bytes!(env!("PLAINVM_TESTGUEST_ELF"));
 /// Load kernel, initrd and command line for `cfg` into `mem` and write the boot structures.
 /// `devices` are command-line entries the VMM adds (virtio-mmio devices).
 pub fn prepare(
-    mem: &GuestMemoryMmap,
+    mem: &GuestRam,
     layout: &Layout,
     cfg: &VmConfig,
     devices: &[String],
@@ -155,7 +156,7 @@ pub fn prepare(
 
 /// Put the initrd at the top of low memory, page-aligned, above the kernel.
 fn load_initrd(
-    mem: &GuestMemoryMmap,
+    mem: &GuestRam,
     layout: &Layout,
     path: &Path,
     kernel_end: u64,

@@ -1,7 +1,8 @@
 //! The Intel MultiProcessor table: how a Linux guest without ACPI finds its vCPUs and IOAPIC.
 
 use crate::memory::{IOAPIC_ADDR, LAPIC_ADDR, MPTABLE_ADDR, MPTABLE_FLOAT_ADDR};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use plainvm_devices::GuestRam;
+use vm_memory::{Bytes, GuestAddress};
 
 /// Errors writing the MP table.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +62,7 @@ fn config_table(cpus: u8) -> Vec<u8> {
 }
 
 /// Write the floating pointer and the configuration table for `cpus` vCPUs.
-pub fn write(mem: &GuestMemoryMmap, cpus: u8) -> Result<(), MptableError> {
+pub fn write(mem: &GuestRam, cpus: u8) -> Result<(), MptableError> {
     let table = config_table(cpus);
     debug_assert!(MPTABLE_ADDR + table.len() as u64 <= MPTABLE_FLOAT_ADDR);
     let mut fp = Vec::with_capacity(16);
@@ -80,7 +81,7 @@ mod tests {
 
     #[test]
     fn tables_checksum_to_zero_and_fit() {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mem = GuestRam::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let max = crate::config::MAX_VCPUS;
         write(&mem, max).unwrap();
         let t = config_table(max);

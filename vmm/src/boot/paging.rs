@@ -1,7 +1,8 @@
 //! Identity-mapping page tables (2 MiB pages) for the 64-bit boot modes.
 
 use crate::memory::{PAGE_TABLES_ADDR, PAGE_TABLES_END};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use plainvm_devices::GuestRam;
+use vm_memory::{Bytes, GuestAddress};
 
 const PRESENT: u64 = 1;
 const WRITABLE: u64 = 2;
@@ -20,7 +21,7 @@ pub const MAX_MAPPED_GIB: u64 = (PAGE_TABLES_END - PAGE_TABLES_ADDR) / 4096 - 2;
 
 /// Identity-map `[0, gib GiB)` (capped at `MAX_MAPPED_GIB`) and return CR3. With `user`, the pages
 /// are accessible from ring 3.
-pub fn identity_map(mem: &GuestMemoryMmap, gib: u64, user: bool) -> Result<u64, PagingError> {
+pub fn identity_map(mem: &GuestRam, gib: u64, user: bool) -> Result<u64, PagingError> {
     let gib = gib.clamp(1, MAX_MAPPED_GIB);
     let flags = PRESENT | WRITABLE | if user { USER } else { 0 };
     let pml4 = PAGE_TABLES_ADDR;
@@ -47,7 +48,7 @@ mod tests {
 
     #[test]
     fn maps_addresses_to_themselves() {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mem = GuestRam::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let cr3 = identity_map(&mem, 4, true).unwrap();
         let read = |a: u64| mem.read_obj::<u64>(GuestAddress(a)).unwrap();
         let va: u64 = 0xfee0_0123;

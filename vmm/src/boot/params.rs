@@ -9,7 +9,8 @@ use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use plainvm_devices::GuestRam;
+use vm_memory::GuestAddress;
 
 /// Errors writing boot parameters.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +32,7 @@ const XEN_HVM_START_MAGIC: u32 = 0x336e_c578;
 
 /// Write the PVH `hvm_start_info` (with module list and memory map).
 pub fn write_pvh(
-    mem: &GuestMemoryMmap,
+    mem: &GuestRam,
     e820: &[E820Entry],
     initrd: Option<InitrdPlace>,
 ) -> Result<(), ParamsError> {
@@ -66,13 +67,12 @@ pub fn write_pvh(
         };
         params.set_modules(&[m], GuestAddress(PVH_MODLIST_ADDR));
     }
-    PvhBootConfigurator::write_bootparams::<GuestMemoryMmap>(&params, mem)
-        .map_err(ParamsError::Write)
+    PvhBootConfigurator::write_bootparams::<GuestRam>(&params, mem).map_err(ParamsError::Write)
 }
 
 /// Write the Linux zero page for the 64-bit boot protocol.
 pub fn write_zero_page(
-    mem: &GuestMemoryMmap,
+    mem: &GuestRam,
     header: Option<setup_header>,
     e820: &[E820Entry],
     cmdline_len: usize,
@@ -104,6 +104,5 @@ pub fn write_zero_page(
     }
     p.e820_entries = e820.len() as u8;
     let params = BootParams::new(&p, GuestAddress(BOOT_PARAMS_ADDR));
-    LinuxBootConfigurator::write_bootparams::<GuestMemoryMmap>(&params, mem)
-        .map_err(ParamsError::Write)
+    LinuxBootConfigurator::write_bootparams::<GuestRam>(&params, mem).map_err(ParamsError::Write)
 }

@@ -1,7 +1,8 @@
 //! Guest memory as one flat image (regions back to back), and the page batches that carry it.
 
 use crate::memory_slots::DirtyBitmap;
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use plainvm_devices::GuestRam;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 /// Page size.
 pub const PAGE: usize = 4096;
@@ -23,13 +24,13 @@ pub struct MemoryImage {
     total: u64,
 }
 
-// SAFETY: the image only holds addresses of mappings owned by a GuestMemoryMmap that the user
+// SAFETY: the image only holds addresses of mappings owned by a GuestRam that the user
 // keeps alive; access is coordinated by the migration protocol (one writer).
 unsafe impl Send for MemoryImage {}
 
 impl MemoryImage {
     /// The image of `mem`.
-    pub fn new(mem: &GuestMemoryMmap) -> Self {
+    pub fn new(mem: &GuestRam) -> Self {
         let regions: Vec<(usize, usize)> = mem
             .iter()
             .filter_map(|r| {
@@ -184,7 +185,7 @@ mod tests {
 
     #[test]
     fn batches_outside_memory_or_malformed_are_refused() {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mem = GuestRam::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let img = MemoryImage::new(&mem);
         let mut p = batch_header(&[0x1000]);
         p.extend_from_slice(&[7u8; PAGE]);

@@ -112,7 +112,7 @@ pub fn receive(opts: ReceiveOptions) -> Result<RunResult, ReceiveError> {
 fn take(
     ch: &mut Channel,
     overrides: &Overrides,
-) -> Result<(VmConfig, VmState, vm_memory::GuestMemoryMmap), ReceiveError> {
+) -> Result<(VmConfig, VmState, plainvm_devices::GuestRam), ReceiveError> {
     let hello: Hello = decode(&ch.expect(Kind::Hello, "the handshake")?, "handshake")?;
     crate::cpuid::check_cpuid(&hello.cpuid)
         .map_err(|e| ReceiveError::Incompatible(e.to_string()))?;

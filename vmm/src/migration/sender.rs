@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 /// What the source sends first: enough for the destination to check it can run the VM.
 #[derive(Serialize, Deserialize)]
 pub struct Hello {
+    #[serde(with = "crate::config::as_json")]
     pub config: crate::config::VmConfig,
     pub cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
 }
@@ -79,10 +80,6 @@ pub fn migrate(
     opts: &MigrateOptions,
     report: &dyn Fn(&Progress),
 ) -> Result<MigrateResult, MigrateError> {
-    if ctl.virtio_devices > 0 {
-        // Device state and device writes to guest memory are not carried over yet.
-        return Err(ControllerError::DevicesUnsupported(ctl.virtio_devices).into());
-    }
     let t0 = Instant::now();
     let was_paused = ctl.control.is_paused();
     let stream = TcpStream::connect_timeout(&opts.to, Duration::from_secs(10))
@@ -108,7 +105,9 @@ pub fn migrate(
     *ctl.last_snapshot.lock().unwrap_or_else(|e| e.into_inner()) = None;
     let take_dirty = || -> Result<Vec<u64>, MigrateError> {
         let slots = ctl.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let d = slots.take_dirty(&ctl.vm).map_err(ControllerError::from)?;
+        let d = slots
+            .take_dirty(&ctl.vm, &ctl.mem)
+            .map_err(ControllerError::from)?;
         Ok(img.dirty_pages(&d))
     };
     ctl.slots
@@ -135,7 +134,7 @@ pub fn migrate(
         Err(e) => {
             ch.send_error(&e.to_string());
             if !was_paused {
-                ctl.control.resume();
+                ctl.resume();
             }
             return Err(e);
         }
@@ -161,7 +160,7 @@ pub fn migrate(
     if let Err(e) = before_commit {
         ch.send_error(&e.to_string());
         if !was_paused {
-            ctl.control.resume();
+            ctl.resume();
         }
         return Err(e);
     }

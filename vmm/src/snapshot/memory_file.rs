@@ -2,9 +2,10 @@
 //! mapped lazily on restore.
 
 use crate::memory_slots::DirtyBitmap;
+use plainvm_devices::GuestRam;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 const PAGE: usize = 4096;
 
@@ -30,11 +31,7 @@ pub enum MemoryFileError {
 /// Write every region of `mem` into `path`. Only resident, non-zero pages are written; with
 /// `file_backed` (a restored VM whose memory maps an older snapshot) every page is checked, since
 /// pages it never touched are not resident yet still hold data.
-pub fn write(
-    path: &Path,
-    mem: &GuestMemoryMmap,
-    file_backed: bool,
-) -> Result<u64, MemoryFileError> {
+pub fn write(path: &Path, mem: &GuestRam, file_backed: bool) -> Result<u64, MemoryFileError> {
     let io = |what| {
         move |source| MemoryFileError::Io {
             what,
@@ -99,7 +96,7 @@ pub fn write(
 pub fn write_pages(
     path: &Path,
     pages: &Path,
-    mem: &GuestMemoryMmap,
+    mem: &GuestRam,
     dirty: &[DirtyBitmap],
 ) -> Result<u64, MemoryFileError> {
     let io = |what, p: &Path| {
@@ -141,7 +138,7 @@ pub fn write_pages(
 }
 
 /// Copy the pages a diff snapshot holds (per its page bitmap) into `mem`.
-pub fn overlay(path: &Path, pages: &Path, mem: &GuestMemoryMmap) -> Result<(), MemoryFileError> {
+pub fn overlay(path: &Path, pages: &Path, mem: &GuestRam) -> Result<(), MemoryFileError> {
     let io = |what, p: &Path| {
         let path = p.to_path_buf();
         move |source| MemoryFileError::Io { what, path, source }
@@ -183,8 +180,8 @@ pub fn overlay(path: &Path, pages: &Path, mem: &GuestMemoryMmap) -> Result<(), M
 
 /// Where `region` of `mem` is mapped in this process.
 fn host_address(
-    mem: &GuestMemoryMmap,
-    region: &vm_memory::GuestRegionMmap,
+    mem: &GuestRam,
+    region: &plainvm_devices::GuestRamRegion,
     path: &Path,
 ) -> Result<*mut u8, MemoryFileError> {
     mem.get_host_address(region.start_addr())
@@ -217,7 +214,7 @@ fn residency(host: *mut u8, len: usize) -> Vec<u8> {
 }
 
 /// Load `path` into `mem`: mapped over each region copy-on-write (lazy), or read in (`copy`).
-pub fn load(path: &Path, mem: &GuestMemoryMmap, copy: bool) -> Result<(), MemoryFileError> {
+pub fn load(path: &Path, mem: &GuestRam, copy: bool) -> Result<(), MemoryFileError> {
     let io = |what| {
         move |source| MemoryFileError::Io {
             what,

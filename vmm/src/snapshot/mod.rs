@@ -5,8 +5,8 @@ pub mod state_file;
 
 use crate::memory_slots::DirtyBitmap;
 use crate::vm_state::VmState;
+use plainvm_devices::GuestRam;
 use std::path::{Path, PathBuf};
-use vm_memory::GuestMemoryMmap;
 
 /// The state file's name inside a snapshot directory.
 pub const STATE_FILE: &str = "state";
@@ -57,7 +57,7 @@ pub struct SnapshotStats {
 pub fn create(
     dir: &Path,
     state: &VmState,
-    mem: &GuestMemoryMmap,
+    mem: &GuestRam,
     content: MemoryContent<'_>,
 ) -> Result<SnapshotStats, SnapshotError> {
     if dir.exists() {
@@ -100,7 +100,7 @@ pub fn create(
 /// Put a snapshot's memory into `mem` (fresh anonymous guest memory): the memory file is mapped
 /// over it copy-on-write, so pages load lazily when the guest touches them (with `copy`, it is
 /// read in up front instead); diff snapshots are applied on top of their parents.
-pub fn load_memory(dir: &Path, mem: &GuestMemoryMmap, copy: bool) -> Result<(), SnapshotError> {
+pub fn load_memory(dir: &Path, mem: &GuestRam, copy: bool) -> Result<(), SnapshotError> {
     let parent_file = dir.join(PARENT_FILE);
     match std::fs::read(&parent_file) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

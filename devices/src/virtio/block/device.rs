@@ -7,14 +7,18 @@ use super::worker::{Job, Pool};
 use super::{
     F_FLUSH, F_RO, F_SEG_MAX, F_SIZE_MAX, ID_BYTES, SECTOR_SIZE, SEG_MAX, SIZE_MAX, S_IOERR, S_OK,
 };
+use crate::virtio::persist::{self, PersistError};
 use crate::virtio::{read_config_bytes, ActivateError, Interrupt, VirtioDevice, TYPE_BLOCK};
+use crate::GuestRam;
 use event_manager::{EventOps, Events, MutEventSubscriber};
+use serde::{Deserialize, Serialize};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::bitmap::Bitmap;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -25,6 +29,8 @@ const BUDGET: usize = 4 * QUEUE_SIZE as usize;
 /// Reads of at least this many bytes go to the worker threads (several run at once); smaller
 /// ones run inline, where a hand-off costs more than the copy from the page cache.
 const PARALLEL_READ_MIN: u64 = 128 << 10;
+/// Longest wait for requests in flight when the VM pauses.
+const QUIESCE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Writes of at least this many bytes go to the worker threads: even 4 KiB page-cache writes
 /// take long enough (file-system locking) that running them in parallel pays.
 const PARALLEL_WRITE_MIN: u64 = 4 << 10;
@@ -63,7 +69,7 @@ pub struct Block {
 }
 
 struct Active {
-    mem: GuestMemoryMmap,
+    mem: GuestRam,
     queue: Queue,
     interrupt: Interrupt,
 }
@@ -202,11 +208,28 @@ impl Block {
     }
 }
 
+/// What a saved disk must still match when it is restored.
+#[derive(Serialize, Deserialize)]
+struct BlockSaved {
+    capacity: u64,
+    read_only: bool,
+    id: [u8; ID_BYTES],
+}
+
 impl Block {
-    /// Completes requests the worker threads finished.
+    /// Completes requests the worker threads finished, and takes new ones if the workers were
+    /// full.
     pub(super) fn complete_jobs(&mut self) {
-        let finished = self.pool.take_done();
         let was_full = self.in_flight >= usize::from(QUEUE_SIZE);
+        self.finish_jobs();
+        if was_full {
+            self.process_queue(); // it stopped taking requests while the workers were full
+        }
+    }
+
+    /// Puts the requests the worker threads finished on the used ring.
+    fn finish_jobs(&mut self) {
+        let finished = self.pool.take_done();
         self.in_flight = self.in_flight.saturating_sub(finished.len());
         let Some(Active {
             mem,
@@ -239,9 +262,6 @@ impl Block {
         if any && queue.needs_notification(&*mem).unwrap_or(true) {
             interrupt.signal_used_queue();
         }
-        if was_full {
-            self.process_queue(); // it stopped taking requests while the workers were full
-        }
     }
 }
 
@@ -257,7 +277,7 @@ struct Ctx<'a> {
 /// Runs one chain; returns the used length and whether it succeeded, or None when a worker
 /// thread took it over.
 fn serve(
-    mem: &GuestMemoryMmap,
+    mem: &GuestRam,
     ctx: &Ctx,
     head: u16,
     req: &mut Request,
@@ -289,12 +309,7 @@ fn parallel(req: &Request) -> bool {
 }
 
 /// Writes the status byte; returns the used length and whether the request succeeded.
-fn finish(
-    mem: &GuestMemoryMmap,
-    status_addr: GuestAddress,
-    status: u8,
-    written: u32,
-) -> (u32, bool) {
+fn finish(mem: &GuestRam, status_addr: GuestAddress, status: u8, written: u32) -> (u32, bool) {
     if mem.write_obj(status, status_addr).is_err() {
         return (0, false);
     }
@@ -304,7 +319,7 @@ fn finish(
 
 /// Gives a large read or write to the worker threads.
 fn hand_off(
-    mem: &GuestMemoryMmap,
+    mem: &GuestRam,
     ctx: &Ctx,
     head: u16,
     status_addr: GuestAddress,
@@ -337,7 +352,7 @@ fn hand_off(
 
 /// Performs a validated request; returns the status and the bytes written into guest memory.
 fn execute(
-    mem: &GuestMemoryMmap,
+    mem: &GuestRam,
     backend: &RawFile,
     id: &[u8; ID_BYTES],
     req: &Request,
@@ -390,7 +405,7 @@ fn execute(
 
 /// Host iovecs for the request's data segments; an error if any byte is outside guest RAM.
 fn guest_iovecs(
-    mem: &GuestMemoryMmap,
+    mem: &GuestRam,
     req: &Request,
     iov: &mut Vec<libc::iovec>,
 ) -> Result<(), vm_memory::GuestMemoryError> {
@@ -408,7 +423,7 @@ fn guest_iovecs(
 }
 
 /// Records guest pages the device wrote in the memory's dirty bitmap (if it keeps one).
-fn mark_dirty(mem: &GuestMemoryMmap, req: &Request) {
+fn mark_dirty(mem: &GuestRam, req: &Request) {
     for seg in &req.segments {
         for slice in GuestMemoryBackend::get_slices(mem, seg.addr, seg.len as usize).flatten() {
             slice.bitmap().mark_dirty(0, slice.len());
@@ -441,7 +456,7 @@ impl VirtioDevice for Block {
     }
     fn activate(
         &mut self,
-        mem: GuestMemoryMmap,
+        mem: GuestRam,
         mut queues: Vec<Queue>,
         interrupt: Interrupt,
     ) -> Result<(), ActivateError> {
@@ -452,13 +467,53 @@ impl VirtioDevice for Block {
             queue: queues.remove(0),
             interrupt,
         });
-        // Requests queued before activation are served now.
-        self.process_queue();
         Ok(())
     }
     fn reset(&mut self) {
         self.generation += 1;
         self.active = None;
+    }
+    fn queues(&self) -> &[Queue] {
+        self.active
+            .as_ref()
+            .map_or(&[], |a| std::slice::from_ref(&a.queue))
+    }
+    fn quiesce(&mut self) -> Result<(), PersistError> {
+        // Requests with the workers are popped from the queue but not yet used: a saved state
+        // must not lose them, so wait for them and complete them now.
+        let deadline = Instant::now() + QUIESCE_TIMEOUT;
+        while self.in_flight > 0 {
+            if Instant::now() >= deadline {
+                return Err(PersistError::Busy(format!(
+                    "{} disk request(s) still running after {QUIESCE_TIMEOUT:?}; try again",
+                    self.in_flight
+                )));
+            }
+            std::thread::sleep(Duration::from_micros(100));
+            self.finish_jobs();
+        }
+        Ok(())
+    }
+    fn save_state(&self) -> Vec<u8> {
+        persist::encode(&BlockSaved {
+            capacity: self.capacity,
+            read_only: self.backend.read_only(),
+            id: self.id,
+        })
+    }
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), PersistError> {
+        let saved: BlockSaved = persist::decode(state)?;
+        if saved.capacity != self.capacity || saved.read_only != self.backend.read_only() {
+            return Err(PersistError::Mismatch(format!(
+                "a disk differs from when the VM was saved ({} bytes{}, now {} bytes{}): give the same image",
+                saved.capacity,
+                if saved.read_only { ", read-only" } else { "" },
+                self.capacity,
+                if self.backend.read_only() { ", read-only" } else { "" },
+            )));
+        }
+        self.id = saved.id;
+        Ok(())
     }
 }
 

@@ -5,14 +5,15 @@
 //! descriptors, and a device-writable status descriptor last (the status is its last byte).
 //! Everything the guest wrote is checked here: directions, segment count and sizes, sector range,
 //! alignment. Guest addresses of data segments are checked against guest memory when the request
-//! runs (`device.rs`), and every access goes through `GuestMemoryMmap`, which refuses addresses
+//! runs (`device.rs`), and every access goes through `GuestRam`, which refuses addresses
 //! outside guest RAM.
 
 use super::{
     ID_BYTES, SECTOR_SIZE, SEG_MAX, SIZE_MAX, S_IOERR, S_UNSUPP, T_FLUSH, T_GET_ID, T_IN, T_OUT,
 };
+use crate::GuestRam;
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 /// What a valid request asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,7 +108,7 @@ unsafe impl vm_memory::ByteValued for Header {}
 /// `capacity` is the disk size in bytes (a multiple of the sector size).
 pub fn parse(
     descs: impl Iterator<Item = Descriptor>,
-    mem: &GuestMemoryMmap,
+    mem: &GuestRam,
     capacity: u64,
     read_only: bool,
     req: &mut Request,
@@ -173,7 +174,7 @@ fn validate(
     count: usize,
     too_many: bool,
     too_long: bool,
-    mem: &GuestMemoryMmap,
+    mem: &GuestRam,
     capacity: u64,
     read_only: bool,
     req: &mut Request,

@@ -3,10 +3,11 @@
 
 use super::backend::RawFile;
 use super::request::Segment;
+use crate::GuestRam;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use vm_memory::bitmap::Bitmap;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Worker threads per disk.
@@ -22,12 +23,12 @@ pub struct Job {
     pub generation: u64,
     pub read: bool,
     pub offset: u64,
-    /// Host buffers inside guest RAM (from `GuestMemoryMmap` slices).
+    /// Host buffers inside guest RAM (from `GuestRam` slices).
     pub iov: Vec<libc::iovec>,
     /// The guest segments behind `iov` (to mark them dirty after a read).
     pub segments: Vec<Segment>,
     /// Keeps the guest memory mapped while the job runs.
-    pub mem: GuestMemoryMmap,
+    pub mem: GuestRam,
 }
 
 // SAFETY: the raw pointers in `iov` point into guest RAM mappings that `mem` (moved along with

@@ -3,11 +3,13 @@
 
 use super::config::{config_space, FEATURES};
 use super::{MacAddr, Tap, HDR_LEN, MAX_BUFFER};
+use crate::virtio::persist::{self, PersistError};
 use crate::virtio::{read_config_bytes, ActivateError, Interrupt, VirtioDevice, TYPE_NET};
+use crate::GuestRam;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::io::ErrorKind;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -55,7 +57,7 @@ pub struct NetStats {
 }
 
 struct Active {
-    mem: GuestMemoryMmap,
+    mem: GuestRam,
     queues: [Queue; 2],
     interrupt: Interrupt,
 }
@@ -101,6 +103,13 @@ impl Net {
     /// Clones of the queue eventfds (receive, transmit), for the transport and the ioeventfds.
     pub fn queue_evts(&self) -> std::io::Result<Vec<EventFd>> {
         self.evts.iter().map(EventFd::try_clone).collect()
+    }
+
+    /// The MAC address the guest is told.
+    pub fn mac(&self) -> MacAddr {
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(&self.config[..6]);
+        MacAddr(mac)
     }
 
     /// The counters so far.
@@ -254,7 +263,7 @@ impl Net {
 /// The queue looks empty: turn the driver's notifications back on. True when buffers arrived in
 /// the meantime (notifications are then off again and the caller goes on); each empty look gets
 /// one such re-check, so a ring whose index lies cannot keep the device spinning.
-fn wait_for_kick(mem: &GuestMemoryMmap, q: &mut Queue, rechecked: &mut bool) -> bool {
+fn wait_for_kick(mem: &GuestRam, q: &mut Queue, rechecked: &mut bool) -> bool {
     let more = matches!(q.enable_notification(mem), Ok(true));
     if more && !*rechecked {
         let _ = q.disable_notification(mem);
@@ -266,7 +275,7 @@ fn wait_for_kick(mem: &GuestMemoryMmap, q: &mut Queue, rechecked: &mut bool) -> 
 
 /// Interrupt the driver about new used buffers in `q`, unless it asked not to be
 /// (VRING_AVAIL_F_NO_INTERRUPT in the available ring's flags; EVENT_IDX is not offered).
-fn notify(mem: &GuestMemoryMmap, q: &mut Queue, interrupt: &Interrupt) {
+fn notify(mem: &GuestRam, q: &mut Queue, interrupt: &Interrupt) {
     let flags = mem
         .read_obj::<u16>(GuestAddress(q.avail_ring()))
         .map_or(0, u16::from_le);
@@ -277,8 +286,8 @@ fn notify(mem: &GuestMemoryMmap, q: &mut Queue, interrupt: &Interrupt) {
 
 /// Copy a transmit chain (header and frame, all device-readable) into `buf`; returns its length.
 fn gather(
-    mem: &GuestMemoryMmap,
-    chain: DescriptorChain<&GuestMemoryMmap>,
+    mem: &GuestRam,
+    chain: DescriptorChain<&GuestRam>,
     buf: &mut [u8],
 ) -> Result<usize, ChainError> {
     let mut total = 0usize;
@@ -307,8 +316,8 @@ fn gather(
 /// Copy `frame` into a receive chain (all device-writable). `Ok(false)`: the chain is valid but
 /// too small for this frame, and nothing was written.
 fn scatter(
-    mem: &GuestMemoryMmap,
-    chain: DescriptorChain<&GuestMemoryMmap>,
+    mem: &GuestRam,
+    chain: DescriptorChain<&GuestRam>,
     frame: &[u8],
     descs: &mut Vec<(GuestAddress, usize)>,
 ) -> Result<bool, ChainError> {
@@ -364,7 +373,7 @@ impl VirtioDevice for Net {
     }
     fn activate(
         &mut self,
-        mem: GuestMemoryMmap,
+        mem: GuestRam,
         queues: Vec<Queue>,
         interrupt: Interrupt,
     ) -> Result<(), ActivateError> {
@@ -377,13 +386,30 @@ impl VirtioDevice for Net {
             queues,
             interrupt,
         });
-        self.process_tx();
-        self.process_rx();
         Ok(())
     }
     fn reset(&mut self) {
         self.active = None;
         self.rx_len = 0;
+    }
+    fn queues(&self) -> &[Queue] {
+        self.active.as_ref().map_or(&[], |a| &a.queues[..])
+    }
+    fn save_state(&self) -> Vec<u8> {
+        // The guest's driver keeps the MAC it read at probe time; a frame waiting for a receive
+        // buffer is not saved (a lost frame is the network's normal weather).
+        persist::encode(&self.mac().0)
+    }
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), PersistError> {
+        let saved: [u8; 6] = persist::decode(state)?;
+        let now = self.mac();
+        if saved != now.0 {
+            return Err(PersistError::Mismatch(format!(
+                "a network device had MAC {} when the VM was saved, now {now}: give the same mac=",
+                MacAddr(saved)
+            )));
+        }
+        Ok(())
     }
 }
 

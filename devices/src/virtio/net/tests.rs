@@ -4,13 +4,14 @@
 use super::device::{ChainError, Net};
 use super::{MacAddr, Tap, HDR_LEN};
 use crate::virtio::{Interrupt, VirtioDevice};
+use crate::GuestRam;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::FromRawFd;
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 const MEM_SIZE: u64 = 0x10_0000;
@@ -19,7 +20,7 @@ const F_WRITE: u16 = 2;
 const BUF: u64 = 0x8_0000;
 
 struct Rig {
-    mem: GuestMemoryMmap,
+    mem: GuestRam,
     net: Net,
     /// The host side of the "tap".
     peer: File,
@@ -29,11 +30,7 @@ struct Rig {
 
 /// A device on a SOCK_SEQPACKET pair (one frame per read, like a tap), activated with the queues
 /// of `rx` and `tx`.
-fn rig(
-    mem: &GuestMemoryMmap,
-    rx: &MockSplitQueue<GuestMemoryMmap>,
-    tx: &MockSplitQueue<GuestMemoryMmap>,
-) -> Rig {
+fn rig(mem: &GuestRam, rx: &MockSplitQueue<GuestRam>, tx: &MockSplitQueue<GuestRam>) -> Rig {
     let mut fds = [0; 2];
     // SAFETY: socketpair writes two descriptors into the two-element array.
     let rc = unsafe {
@@ -64,15 +61,15 @@ fn rig(
     }
 }
 
-fn memory() -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap()
+fn memory() -> GuestRam {
+    GuestRam::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap()
 }
 
 fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
     RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
 }
 
-fn used(q: &MockSplitQueue<GuestMemoryMmap>) -> Vec<(u32, u32)> {
+fn used(q: &MockSplitQueue<GuestRam>) -> Vec<(u32, u32)> {
     let n = q.used().idx().load();
     (0..n)
         .map(|i| {

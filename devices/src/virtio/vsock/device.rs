@@ -3,18 +3,22 @@
 
 use super::muxer::{Muxer, MuxerError};
 use super::packet::{self, Header, HDR_SIZE};
+use crate::virtio::persist::{self, PersistError};
 use crate::virtio::{read_config_bytes, ActivateError, Interrupt, VirtioDevice, TYPE_VSOCK};
+use crate::GuestRam;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::io::{Read, Write};
 use std::path::Path;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 const QUEUE_SIZE: u16 = 256;
 const RX: usize = 0;
 const TX: usize = 1;
+const EVENT: usize = 2;
+/// Event-queue event: the transport was reset, every connection is gone.
+const EVENT_TRANSPORT_RESET: u32 = 0;
 /// Event-loop token of the muxer's epoll set.
 const MUXER: u32 = 3;
 
@@ -30,7 +34,7 @@ pub enum VsockError {
 }
 
 struct Active {
-    mem: GuestMemoryMmap,
+    mem: GuestRam,
     queues: Vec<Queue>,
     interrupt: Interrupt,
 }
@@ -41,6 +45,9 @@ pub struct Vsock {
     muxer: Muxer,
     queue_evts: Vec<EventFd>,
     active: Option<Active>,
+    /// Restored from a saved state: the guest's connections ended with the old host side, and
+    /// the driver must hear so (a transport-reset event) once the VM runs.
+    reset_pending: bool,
 }
 
 impl Vsock {
@@ -55,6 +62,7 @@ impl Vsock {
             muxer: Muxer::new(cid, path)?,
             queue_evts: vec![evt()?, evt()?, evt()?],
             active: None,
+            reset_pending: false,
         })
     }
 
@@ -82,6 +90,30 @@ impl Vsock {
             used = true;
         }
         if used && a.queues[TX].needs_notification(&a.mem).unwrap_or(true) {
+            a.interrupt.signal_used_queue();
+        }
+    }
+
+    /// Tell the driver its connections are gone (after a restore), through a buffer of the event
+    /// queue; without one yet, try again at the next kick.
+    fn send_transport_reset(&mut self) {
+        let Some(a) = &mut self.active else {
+            return;
+        };
+        let Some(chain) = a.queues[EVENT].pop_descriptor_chain(&a.mem) else {
+            return;
+        };
+        let head = chain.head_index();
+        // An unusable buffer goes back empty; the reset still counts as sent.
+        let written = match chain.writer(&a.mem) {
+            Ok(mut w) => match w.write_all(&EVENT_TRANSPORT_RESET.to_le_bytes()) {
+                Ok(()) => 4,
+                Err(_) => 0,
+            },
+            Err(_) => 0,
+        };
+        self.reset_pending = false;
+        if a.queues[EVENT].add_used(&a.mem, head, written).is_ok() {
             a.interrupt.signal_used_queue();
         }
     }
@@ -129,8 +161,8 @@ impl Vsock {
 
 /// Read one TX packet: `Ok(None)` drops it silently, `Err(hdr)` answers `hdr` with a reset.
 fn read_packet(
-    mem: &GuestMemoryMmap,
-    chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
+    mem: &GuestRam,
+    chain: virtio_queue::DescriptorChain<&GuestRam>,
     cid: u64,
 ) -> Result<Option<(Header, Vec<u8>)>, Header> {
     let Ok(mut r) = chain.reader(mem) else {
@@ -173,7 +205,7 @@ impl VirtioDevice for Vsock {
     }
     fn activate(
         &mut self,
-        mem: GuestMemoryMmap,
+        mem: GuestRam,
         queues: Vec<Queue>,
         interrupt: Interrupt,
     ) -> Result<(), ActivateError> {
@@ -183,13 +215,30 @@ impl VirtioDevice for Vsock {
             queues,
             interrupt,
         });
-        self.process_tx();
-        self.process_rx();
         Ok(())
     }
     fn reset(&mut self) {
         self.active = None;
+        self.reset_pending = false;
         self.muxer.reset();
+    }
+    fn queues(&self) -> &[Queue] {
+        self.active.as_ref().map_or(&[], |a| &a.queues[..])
+    }
+    fn save_state(&self) -> Vec<u8> {
+        // Connections are not saved: their host ends are sockets of this process.
+        persist::encode(&self.cid)
+    }
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), PersistError> {
+        let cid: u64 = persist::decode(state)?;
+        if cid != self.cid {
+            return Err(PersistError::Mismatch(format!(
+                "the vsock device had guest CID {cid} when the VM was saved, now {}: give the same cid=",
+                self.cid
+            )));
+        }
+        self.reset_pending = true;
+        Ok(())
     }
 }
 
@@ -212,11 +261,14 @@ impl MutEventSubscriber for Vsock {
                 if let Some(evt) = self.queue_evts.get(i as usize) {
                     let _ = evt.read();
                 }
-                // RX kicks just mean new buffers; the event queue (transport resets) is unused.
+                // RX kicks just mean new buffers; the event queue only carries transport resets.
                 if i as usize == TX {
                     self.process_tx();
                 }
             }
+        }
+        if self.reset_pending {
+            self.send_transport_reset();
         }
         self.process_rx();
     }
@@ -254,8 +306,8 @@ mod tests {
         }
     }
 
-    fn activate(dev: &mut Vsock) -> (GuestMemoryMmap, TestQueue, TestQueue) {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    fn activate(dev: &mut Vsock) -> (GuestRam, TestQueue, TestQueue) {
+        let mem = GuestRam::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let rx = TestQueue::new(&mem, 0x1_0000, 16);
         let tx = TestQueue::new(&mem, 0x2_0000, 16);
         let ev = TestQueue::new(&mem, 0x3_0000, 16);
@@ -266,7 +318,7 @@ mod tests {
     }
 
     /// RX: the packets the device wrote (one per used buffer of 4 KiB at 0x40000 + i * 0x1000).
-    fn rx_packets(dev: &mut Vsock, mem: &GuestMemoryMmap, rx: &mut TestQueue) -> Vec<Header> {
+    fn rx_packets(dev: &mut Vsock, mem: &GuestRam, rx: &mut TestQueue) -> Vec<Header> {
         for i in 0..8u64 {
             rx.add(mem, &[(0x4_0000 + i * 0x1000, 0x1000, true)]);
         }

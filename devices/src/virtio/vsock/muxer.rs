@@ -28,7 +28,7 @@ const FIRST_LOCAL_PORT: u32 = 1 << 30;
 /// Errors setting up the back-end.
 #[derive(Debug, thiserror::Error)]
 pub enum MuxerError {
-    #[error("cannot listen on the vsock socket {path}: {source} (remove a stale socket file or pick another path)")]
+    #[error("cannot listen on the vsock socket {path}: {source} (is another VM using it? pick another path)")]
     Listen {
         path: PathBuf,
         source: std::io::Error,
@@ -68,6 +68,11 @@ impl Muxer {
             path: path.to_path_buf(),
             source,
         };
+        // A socket file nobody answers on is left over from a VM that died (or was restored
+        // from): take its place. One a live VM answers on stays refused.
+        if path.exists() && std::os::unix::net::UnixStream::connect(path).is_err() {
+            let _ = std::fs::remove_file(path);
+        }
         let listener = UnixListener::bind(path).map_err(listen_err)?;
         listener.set_nonblocking(true).map_err(listen_err)?;
         let epoll = Epoll::new().map_err(MuxerError::Epoll)?;
@@ -409,6 +414,16 @@ mod tests {
         let h = m.recv_pkt(4096, &mut data).unwrap();
         assert_eq!((h.op, h.dst_port, h.src_port), (OP_RST, 1000, 77));
         assert_eq!(m.connections(), 0);
+    }
+
+    #[test]
+    fn a_stale_socket_file_is_replaced_and_a_live_one_refused() {
+        let d = dir("stale");
+        let path = d.join("v.sock");
+        drop(UnixListener::bind(&path).unwrap()); // the file stays, nobody listens
+        let live = Muxer::new(CID, &path).unwrap();
+        assert!(Muxer::new(CID, &path).is_err(), "took a live VM's socket");
+        drop(live);
     }
 
     #[test]
