@@ -7,6 +7,7 @@ mod clock;
 mod cmdline;
 mod entry;
 mod fill;
+mod halt;
 mod hypercall;
 mod io;
 mod mem;
@@ -65,9 +66,7 @@ pub extern "C" fn testguest_main(idx: u64, ncpus: u64, ram: u64, cmdline_addr: u
     }
     if opts.idle {
         serial::lock().s("TESTGUEST-IDLE\n");
-        loop {
-            core::hint::spin_loop();
-        }
+        halt::forever();
     }
     if opts.blk_selftest {
         blk_workload::selftest(opts.line);
