@@ -7,13 +7,15 @@ every one printed TESTGUEST-IDLE and answers its API (`GET /vm`), then measure
   - host memory per VM: summed PSS of the VMM processes (/proc/PID/smaps_rollup) / N, and the drop
     in MemAvailable / N (which also counts KVM's kernel memory: page tables, vCPU structures),
   - VMM overhead per VM: PSS minus the resident part of the guest-RAM mapping (from smaps),
+  - CPU use when idle: time on a CPU of all the VMM processes' threads over 3 s (schedstat), as a
+    share of one host CPU (halted vCPUs block in KVM and cost nothing),
   - `plainvm ls --json` lists exactly the N VMs (and how long it took).
 Then all are killed. Side by side: QEMU microvm with the same test guest ELF. A few Linux guests
 (plainvm only) with the guest agent, ended with `plainvm stop` (graceful), are measured as well.
 
 Safety: before each step, MemAvailable must exceed (N x the worst per-VM cost seen so far, or an
 initial estimate) plus a reserve; otherwise the step is skipped. Guest processes run under
-`nice -n 19` so that the spinning guests (a ring-3 guest cannot `hlt`) do not starve other work.
+`nice -n 19` so that starting hundreds of them does not starve other work.
 
 Usage: benches/density.py [--counts 10,50,100,300] [--qemu-counts 10,50,100] [--linux 2]
 Needs: a release build (cargo build --release), qemu-system-x86, resources/build-guest.sh outputs.
@@ -66,6 +68,33 @@ def guest_ram_pss_kib(pid, mem_mib=MEM_MIB):
     except OSError:
         pass
     return guest
+
+
+def cpu_ns(pids):
+    """Nanoseconds on a CPU used so far by the threads of the processes `pids`.
+
+    From /proc/PID/task/TID/schedstat, which the scheduler keeps exactly; utime and stime in
+    /proc/PID/stat are sampled at timer ticks and miss most of many short wake-ups."""
+    total = 0
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except (OSError, IndexError, ValueError):
+                pass
+    return total
+
+
+def idle_cpu(pids, seconds=3.0):
+    """Share of one host CPU the processes used together over `seconds`."""
+    t, a = time.perf_counter(), cpu_ns(pids)
+    time.sleep(seconds)
+    return (cpu_ns(pids) - a) / 1e9 / (time.perf_counter() - t)
 
 
 def api_get(sock, path="/vm", timeout=5.0):
@@ -182,8 +211,9 @@ def step(kind, n, work, elf, worst_mib):
         secs = fleet.start()
         time.sleep(2.0)
         after = meminfo()
-        responding = fleet.all_respond()
         pids = fleet.pids()
+        cpu = idle_cpu(pids)
+        responding = fleet.all_respond()
         pss = sum(pss_kib(p) for p in pids)
         guest = sum(guest_ram_pss_kib(p) for p in pids)
         listed = None
@@ -200,12 +230,12 @@ def step(kind, n, work, elf, worst_mib):
             "pss_per_vm_mib": pss / n / 1024, "overhead_per_vm_mib": (pss - guest) / n / 1024,
             "guest_ram_per_vm_mib": guest / n / 1024,
             "memavail_drop_per_vm_mib": (before - after) / n / 1024,
-            "responding": responding, "listed_running": listed, "ls_s": ls_secs,
+            "idle_cpu": cpu, "responding": responding, "listed_running": listed, "ls_s": ls_secs,
         }
         print(f"  {kind:8} N={n:4}: up in {secs:6.2f} s ({r['vms_per_s']:6.1f} VMs/s); per VM: PSS "
               f"{r['pss_per_vm_mib']:5.2f} MiB (VMM overhead {r['overhead_per_vm_mib']:5.2f}, guest RAM "
               f"{r['guest_ram_per_vm_mib']:5.2f}), MemAvailable drop {r['memavail_drop_per_vm_mib']:5.2f} MiB; "
-              f"responding {responding}/{n}"
+              f"idle CPU {cpu * 100:.1f}% of one CPU in all; responding {responding}/{n}"
               + (f"; ls lists {listed} running in {ls_secs:.2f} s" if listed is not None else ""),
               flush=True)
         return r
@@ -286,7 +316,7 @@ def main():
     elf = os.path.join(work, "testguest.elf")
     subprocess.run([PLAINVM, "export-testguest", "--out", elf], check=True)
     print(f"host: {os.cpu_count()} CPUs, MemTotal {meminfo('MemTotal') >> 10} MiB, "
-          f"MemAvailable {meminfo() >> 10} MiB; guests {MEM_MIB} MiB, test guest `idle` (spins in ring 3)")
+          f"MemAvailable {meminfo() >> 10} MiB; guests {MEM_MIB} MiB, test guest `idle` (halts)")
     results = []
     try:
         for kind, counts in (("plainvm", a.counts), ("qemu", a.qemu_counts)):

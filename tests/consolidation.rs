@@ -1,6 +1,6 @@
 //! Many VMs on one host: names and the registry (`ls`, stale entries), `stop` (graceful through
-//! the guest agent, forced without one), `kill`, CPU pinning, untouched guest memory, and KSM
-//! merging identical guests. Every test uses its own PLAINVM_RUNTIME_DIR.
+//! the guest agent, forced without one), `kill`, CPU pinning, untouched guest memory, idle guests
+//! that cost no CPU, and KSM merging identical guests. Every test uses its own PLAINVM_RUNTIME_DIR.
 
 use plainvm_tests::*;
 use serde_json::Value;
@@ -342,6 +342,99 @@ fn guest_memory_is_untouched_until_the_guest_uses_it() {
         filled_anon > idle_anon + (60 << 10),
         "the 64 MiB the guest wrote show up: {filled_anon} vs {idle_anon} KiB"
     );
+}
+
+/// Host CPU the whole process `pid` used (user + system, all threads) over `span`, as a share
+/// of one CPU.
+fn cpu_share(pid: i32, span: Duration) -> f64 {
+    let ticks = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the VM runs");
+        // Fields after the command name (which may hold spaces): state is field 3, utime 14.
+        let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        f[11] + f[12]
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let (t0, a) = (Instant::now(), ticks());
+    std::thread::sleep(span);
+    (ticks() - a) as f64 / hz / t0.elapsed().as_secs_f64()
+}
+
+/// The most of one host CPU an idle test guest may use (a spinning vCPU uses up to 100%).
+const IDLE_CPU_MAX: f64 = 0.05;
+
+fn assert_idle(vm: &Vm, what: &str) {
+    let share = cpu_share(vm.pid(), Duration::from_millis(1500));
+    assert!(
+        share < IDLE_CPU_MAX,
+        "{what}: the idle guest used {:.0}% of a CPU:\n{}",
+        share * 100.0,
+        vm.output()
+    );
+}
+
+#[test]
+fn idle_test_guests_halt_and_stay_halted_across_pause_snapshot_and_restore() {
+    let dir = scratch("consol-halt");
+    let rt = dir.join("rt");
+    let snap = dir.join("snap");
+    // Two vCPUs: vCPU 0 idles, vCPU 1 parks after checking in; both halt through the gate.
+    let vm = Vm::start(
+        &rt,
+        &["run", "--name", "h", "--cpus", "2", "--cmdline", "idle"],
+        dir.join("h"),
+    );
+    vm.wait_for("TESTGUEST-IDLE", T);
+    assert_idle(&vm, "after boot");
+
+    let o = pv(&rt, &["pause", "h"]);
+    assert!(o.stdout.contains("\"Paused\""), "{}", o.dump());
+    let o = pv(&rt, &["resume", "h"]);
+    assert!(o.stdout.contains("\"Running\""), "{}", o.dump());
+    assert_idle(&vm, "after pause and resume");
+
+    let o = pv(&rt, &["snapshot", "h", "--path", snap.to_str().unwrap()]);
+    assert_eq!(o.status, Some(0), "{}", o.dump());
+    assert_idle(&vm, "after a snapshot");
+    let o = pv(&rt, &["kill", "h"]);
+    assert_eq!(o.status, Some(0), "{}", o.dump());
+
+    let mut restored = Vm::start(
+        &rt,
+        &["restore", snap.to_str().unwrap(), "--name", "h2"],
+        dir.join("h2"),
+    );
+    let t0 = Instant::now();
+    loop {
+        let o = pv(&rt, &["info", "h2"]);
+        if o.stdout.contains("\"Running\"") {
+            break;
+        }
+        assert!(t0.elapsed() < T, "{}\n{}", o.dump(), restored.output());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_idle(&restored, "after restore");
+    let o = pv(&rt, &["pause", "h2"]);
+    assert!(o.stdout.contains("\"Paused\""), "{}", o.dump());
+    let o = pv(&rt, &["resume", "h2"]);
+    assert!(o.stdout.contains("\"Running\""), "{}", o.dump());
+    assert_idle(&restored, "restored, after pause and resume");
+    assert!(
+        !restored.output().contains("hello from vCPU"),
+        "the guest booted again: {}",
+        restored.output()
+    );
+
+    // A halted vCPU does not hold up the end of the VM.
+    let t0 = Instant::now();
+    let o = pv(&rt, &["kill", "h2"]);
+    assert_eq!(o.status, Some(0), "{}", o.dump());
+    assert!(restored.wait(T).is_some());
+    assert!(t0.elapsed() < Duration::from_secs(5));
 }
 
 /// KSM settings, restored when dropped.

@@ -7,6 +7,12 @@ use vm_memory::GuestAddress;
 pub const GDT_ADDR: u64 = 0x500;
 /// The 64-bit TSS used by the ring-3 boot mode.
 pub const TSS_ADDR: u64 = 0x1000;
+/// The ring-3 boot mode's IDT, holding only the halt gate (`boot::halt_gate`).
+pub const IDT_ADDR: u64 = 0x4000;
+/// The ring-0 code the halt gate leads to, after the IDT.
+pub const HALT_CODE_ADDR: u64 = 0x4800;
+/// Top of the ring-0 stack (the TSS's RSP0) the halt gate's interrupt frame goes to.
+pub const RING0_STACK_TOP: u64 = 0x5000;
 /// PVH `hvm_start_info`, followed by its module list.
 pub const PVH_INFO_ADDR: u64 = 0x6000;
 /// PVH module list (the initrd).

@@ -1,10 +1,11 @@
 //! plainvm ring-3 entry: the "plainvm" ELF note, the per-vCPU stacks and the first instructions.
 //!
 //! plainvm starts every vCPU at `plainvm_ring3_entry` in 64-bit ring 3 with RSP=0 and
-//! RDI=vCPU index, RSI=vCPU count, RDX=RAM size below 4 GiB, RCX=command-line address.
+//! RDI=vCPU index, RSI=vCPU count, RDX=RAM size below 4 GiB, RCX=command-line address, and an IDT
+//! whose breakpoint vector halts the vCPU for good (`int3`, halt.rs).
 //! vCPU 0 writes POST code 1 first; then each vCPU takes its own 64 KiB stack (index < 8; vCPUs
-//! beyond that park without touching memory and vCPU 0 reports the error) and calls
-//! `testguest_main(idx, ncpus, ram, cmdline)` with the registers unchanged.
+//! beyond that halt through `int3`, which needs no stack of theirs, and vCPU 0 reports the error)
+//! and calls `testguest_main(idx, ncpus, ram, cmdline)` with the registers unchanged.
 //! The PVH path lands on `testguest_pvh_ring3` after its `iretq`, with the same registers.
 
 use core::arch::global_asm;
@@ -50,7 +51,7 @@ plainvm_ring3_entry:
     xorl %ebp, %ebp
     call testguest_main         /* (rdi, rsi, rdx, rcx) as given; never returns */
 .Lentry_park:
-    pause
+    int3                        /* the halt gate (halt.rs) */
     jmp .Lentry_park
     .size plainvm_ring3_entry, . - plainvm_ring3_entry
 

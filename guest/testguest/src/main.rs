@@ -8,6 +8,7 @@ mod clock;
 mod cmdline;
 mod entry;
 mod fill;
+mod halt;
 mod hypercall;
 mod io;
 mod mem;
@@ -66,9 +67,7 @@ pub extern "C" fn testguest_main(idx: u64, ncpus: u64, ram: u64, cmdline_addr: u
     }
     if opts.idle {
         serial::lock().s("TESTGUEST-IDLE\n");
-        loop {
-            core::hint::spin_loop();
-        }
+        halt::forever();
     }
     if opts.blk_selftest {
         blk_workload::selftest(opts.line);

@@ -8,11 +8,9 @@ pub fn post(code: u8) {
 }
 
 /// Ends the VM: i8042 reset (plainvm stops with status 0), then QEMU's isa-debug-exit at 0xf4
-/// (QEMU exits with status `code * 2 + 1`), then spins (ring 3 cannot `hlt`).
+/// (QEMU exits with status `code * 2 + 1`), then halts (if neither ended the VM).
 pub fn off(code: u32) -> ! {
     outb(0x64, 0xfe);
     outl(0xf4, code);
-    loop {
-        core::hint::spin_loop();
-    }
+    crate::halt::forever();
 }

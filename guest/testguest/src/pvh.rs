@@ -5,8 +5,9 @@
 //! identity 0-4 GiB, User bit at every level), load a GDT (kernel code/data, user data/code DPL3,
 //! TSS) and a 32-vector IDT whose stubs print the vector, RIP, CS and RFLAGS and power off, read the
 //! `hvm_start_info` (cmdline, and RAM size = highest RAM end below 4 GiB from the v1 memmap), run
-//! the optional `int3` self-test, then `iretq` to `testguest_pvh_ring3` with IOPL=3, IF=0 and
-//! RDI=0, RSI=1, RDX=RAM size, RCX=cmdline, like the plainvm ring-3 entry.
+//! the optional `int3` self-test, make vector 3 the halt gate of the plainvm ring-3 boot mode (a
+//! DPL-3 gate to `hlt` forever, see halt.rs), then `iretq` to `testguest_pvh_ring3` with IOPL=3,
+//! IF=0 and RDI=0, RSI=1, RDX=RAM size, RCX=cmdline, like the plainvm ring-3 entry.
 //!
 //! The TSS carries an I/O permission bitmap that allows every port: on the nested PVM KVM of the
 //! development hosts the IOPL=3 in the `iretq` frame is dropped (ring 3 then sees IOPL=0) and IOPL
@@ -235,6 +236,11 @@ pvh_start64:
     call pvh_puts
 
 .Lpvh_to_ring3:
+    /* The halt gate: int3 from ring 3 halts for good (vector 3, DPL 3). */
+    leaq pvh_halt(%rip), %rax
+    movl $3, %edi
+    call pvh_set_gate
+    movb $0xee, pvh_idt + 3 * 16 + 5(%rip)
     movl $0x1b, %eax
     movl %eax, %ds
     movl %eax, %es
@@ -303,6 +309,11 @@ pvh_puthex:
     testl %ecx, %ecx
     jnz .Lpvh_hex_loop
     ret
+
+/* The halt gate's target: halt with interrupts off, for good. */
+pvh_halt:
+    hlt
+    jmp pvh_halt
 
 pvh_bp_handler:
     pushq %rax

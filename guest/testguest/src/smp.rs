@@ -2,20 +2,18 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{clock, power, serial};
+use crate::{clock, halt, power, serial};
 
 /// How long vCPU 0 waits for the others to check in.
 const TIMEOUT_MS: u64 = 10_000;
 
 static CHECKED_IN: AtomicU64 = AtomicU64::new(0);
 
-/// Secondary vCPU path: print, check in, then park in a pause loop forever.
+/// Secondary vCPU path: print, check in, then halt for good.
 pub fn secondary(idx: u64) -> ! {
     serial::lock().s("vcpu ").u(idx).s(" alive\n");
     CHECKED_IN.fetch_add(1, Ordering::AcqRel);
-    loop {
-        core::hint::spin_loop();
-    }
+    halt::forever();
 }
 
 /// vCPU 0: waits until `ncpus - 1` secondaries checked in, then prints `SMP-OK n=<ncpus>`;

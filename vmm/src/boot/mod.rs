@@ -1,6 +1,7 @@
 //! Boot: load the kernel and initrd, write the boot structures, and say how vCPUs start.
 
 pub mod gdt;
+pub mod halt_gate;
 pub mod image;
 pub mod mptable;
 pub mod paging;
@@ -50,6 +51,8 @@ pub enum BootError {
     Paging(#[from] paging::PagingError),
     #[error(transparent)]
     Mptable(#[from] mptable::MptableError),
+    #[error(transparent)]
+    HaltGate(#[from] halt_gate::HaltGateError),
 }
 
 /// How the vCPUs start, once memory holds everything.
@@ -136,7 +139,10 @@ pub fn prepare(
     };
     let ram_gib = top.div_ceil(1 << 30);
     let cr3 = match loaded.entry {
-        Entry::Ring3(_) => paging::identity_map(mem, ram_gib.max(4), true)?,
+        Entry::Ring3(_) => {
+            halt_gate::write(mem)?;
+            paging::identity_map(mem, ram_gib.max(4), true)?
+        }
         Entry::Linux64(_) => {
             params::write_zero_page(mem, loaded.setup_header, &e820, cmdline.len(), initrd)?;
             paging::identity_map(mem, 4, false)?

@@ -1,9 +1,9 @@
 //! The register state each boot mode starts a vCPU with.
 
-use super::gdt;
 use super::image::Entry;
 use super::BootInfo;
-use crate::memory::{BOOT_PARAMS_ADDR, CMDLINE_ADDR, GDT_ADDR, PVH_INFO_ADDR, TSS_ADDR};
+use super::{gdt, halt_gate};
+use crate::memory::{BOOT_PARAMS_ADDR, CMDLINE_ADDR, GDT_ADDR, IDT_ADDR, PVH_INFO_ADDR, TSS_ADDR};
 use kvm_bindings::{kvm_regs, kvm_sregs};
 
 const CR0_PE: u64 = 1;
@@ -58,8 +58,10 @@ pub fn sregs(boot: &BootInfo, mut s: kvm_sregs) -> kvm_sregs {
     let table = gdt::table(TSS_ADDR);
     s.gdt.base = GDT_ADDR;
     s.gdt.limit = (std::mem::size_of_val(&table) - 1) as u16;
-    s.idt.base = 0;
-    s.idt.limit = 0;
+    (s.idt.base, s.idt.limit) = match boot.entry {
+        Entry::Ring3(_) => (IDT_ADDR, (halt_gate::IDT_SIZE - 1) as u16),
+        Entry::Linux64(_) | Entry::Pvh(_) => (0, 0),
+    };
     s.tr = gdt::segment(&table, gdt::TSS);
     let (code, data) = match boot.entry {
         Entry::Ring3(_) => (gdt::USER_CODE64, gdt::USER_DATA),
