@@ -11,6 +11,7 @@ pub mod cpuid;
 pub mod disks;
 pub mod emulation;
 pub mod exit;
+pub mod heap;
 pub mod hypercall;
 pub mod ksm;
 pub mod loop_gate;

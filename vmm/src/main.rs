@@ -207,6 +207,7 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let start = Instant::now();
+    plainvm::heap::use_one_arena();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args, start),

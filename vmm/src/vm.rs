@@ -346,6 +346,8 @@ pub fn run(cfg: &VmConfig, opts: RunOptions) -> Result<RunResult, VmError> {
             crate::cpu_affinity::pin(thread.as_pthread_t(), i, cpu)?;
         }
     }
+    // Start-up is over: what it allocated and freed need not stay resident for the VM's life.
+    crate::heap::release_free_pages();
     while !done.load(Ordering::SeqCst) {
         events.run().map_err(VmError::EventLoop)?;
     }
