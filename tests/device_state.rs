@@ -88,9 +88,15 @@ fn a_vm_with_devices_restores_twice_with_its_disk_workload_intact() {
         "finished before the snapshot"
     );
 
-    for round in 0..2 {
-        std::fs::copy(&disk_at_snap, &disk).unwrap();
-        let o = plainvm(&["restore", snap.to_str().unwrap()], T);
+    // Round 0 restores onto the original path; round 1 onto another copy, named by `--set`
+    // (as on another host).
+    let other = dir.join("moved.img");
+    let set = format!(r#"disks=[{{"path":"{}"}}]"#, other.display());
+    for (round, image, extra) in [(0, &disk, vec![]), (1, &other, vec!["--set", set.as_str()])] {
+        std::fs::copy(&disk_at_snap, image).unwrap();
+        let mut args = vec!["restore", snap.to_str().unwrap()];
+        args.extend(extra);
+        let o = plainvm(&args, T);
         assert_eq!(o.status, Some(0), "round {round}: {}", o.dump());
         assert!(
             o.stdout.contains("BLKLOOP-DONE passes=3000"),
@@ -121,9 +127,18 @@ fn a_vm_with_devices_restores_twice_with_its_disk_workload_intact() {
             "restored at {first:?}, saved after {at}"
         );
     }
+    assert_ne!(
+        std::fs::read(&other).unwrap(),
+        std::fs::read(&disk_at_snap).unwrap(),
+        "the restore with --set did not use the other image"
+    );
+    // What the guest saw may not change: refused before anything runs.
+    let o = plainvm(&["restore", snap.to_str().unwrap(), "--set", "cpus=4"], T);
+    assert_eq!(o.status, Some(1), "{}", o.dump());
+    assert!(o.stderr.contains("only nets, disks"), "{}", o.dump());
 
     // The disk really is read after a restore: a disk that moved on since the snapshot (here
-    // left by the last restored run) is caught by the guest's own check.
+    // left by round 0) is caught by the guest's own check.
     let o = plainvm(&["restore", snap.to_str().unwrap()], T);
     assert!(o.stdout.contains("BLKLOOP-CORRUPT"), "{}", o.dump());
 

@@ -266,7 +266,7 @@ fn failures_before_the_commit_leave_the_source_running() {
         let mut pre = [0u8; 16];
         let _ = s.read_exact(&mut pre);
         let mut ans = b"PLVMMIG\0".to_vec();
-        ans.extend_from_slice(&2u32.to_le_bytes());
+        ans.extend_from_slice(&99u32.to_le_bytes());
         ans.push(1);
         let _ = s.write_all(&ans);
     });

@@ -19,6 +19,7 @@ pub mod manage;
 pub mod memory;
 pub mod memory_slots;
 pub mod migration;
+pub mod overrides;
 pub mod registry;
 pub mod snapshot;
 pub mod terminal;

@@ -141,6 +141,10 @@ struct RestoreArgs {
     /// Read the whole memory file at start instead of mapping it lazily.
     #[arg(long)]
     copy_memory: bool,
+    /// Change a host-specific configuration key (nets, disks, vsock, cpu_affinity), e.g.
+    /// `--set 'nets=[{"tap":"tap7"}]'`; objects and lists are merged into the saved ones.
+    #[arg(long = "set", value_name = "KEY=JSON")]
+    set: Vec<String>,
     /// Print timing on exit.
     #[arg(long, short)]
     verbose: bool,
@@ -345,7 +349,9 @@ fn run(args: RunArgs, start: Instant) -> Result<i32, String> {
 fn restore(args: RestoreArgs, start: Instant) -> Result<i32, String> {
     let state = plainvm::snapshot::load_state(&args.dir).map_err(|e| e.to_string())?;
     plainvm::cpuid::check_restorable(&state).map_err(|e| e.to_string())?;
-    let cfg = state.config.clone();
+    let cfg = plainvm::overrides::Overrides::parse(&args.set)
+        .and_then(|o| o.apply(state.config.clone()))
+        .map_err(|e| e.to_string())?;
     let reg = register(args.name.as_deref(), args.api_sock.as_deref(), &cfg)?;
     let opts = RunOptions {
         api_sock: reg

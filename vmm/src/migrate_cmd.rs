@@ -2,7 +2,8 @@
 
 use clap::Args;
 use plainvm::api::client::request;
-use plainvm::migration::receiver::{receive, Overrides, ReceiveOptions};
+use plainvm::migration::receiver::{receive, ReceiveOptions};
+use plainvm::overrides::Overrides;
 use serde_json::{json, Value};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -131,15 +132,7 @@ pub fn run_receive(args: ReceiveArgs) -> Result<i32, String> {
         .as_deref()
         .map(plainvm::migration::read_key)
         .transpose()?;
-    let mut overrides = Overrides::default();
-    for s in &args.set {
-        let (k, v) = s
-            .split_once('=')
-            .ok_or_else(|| format!("--set takes KEY=JSON, got '{s}'"))?;
-        let v: Value = serde_json::from_str(v)
-            .map_err(|e| format!("--set {k}: the value is not JSON: {e}"))?;
-        overrides.config.push((k.to_string(), v));
-    }
+    let overrides = Overrides::parse(&args.set).map_err(|e| e.to_string())?;
     let out = receive(ReceiveOptions {
         listen,
         key,

@@ -15,7 +15,8 @@
 //! The contract is documented in docs/ring3-boot.md.
 
 use crate::memory::{HALT_CODE_ADDR, IDT_ADDR, RING0_STACK_TOP, TSS_ADDR};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use plainvm_devices::GuestRam;
+use vm_memory::{Bytes, GuestAddress};
 
 /// The interrupt vector of the halt gate: #BP, raised by `int3`.
 pub const VECTOR: u8 = 3;
@@ -54,7 +55,7 @@ pub fn idt() -> [u8; IDT_SIZE] {
 
 /// Write the IDT and the ring-0 code into guest memory, and RSP0 into the TSS (which must be
 /// written at `TSS_ADDR` already).
-pub fn write(mem: &GuestMemoryMmap) -> Result<(), HaltGateError> {
+pub fn write(mem: &GuestRam) -> Result<(), HaltGateError> {
     mem.write_slice(&idt(), GuestAddress(IDT_ADDR))
         .map_err(HaltGateError::Write)?;
     mem.write_slice(&CODE, GuestAddress(HALT_CODE_ADDR))
@@ -87,7 +88,7 @@ mod tests {
         assert!(IDT_ADDR + IDT_SIZE as u64 <= HALT_CODE_ADDR);
         // The interrupt frame (SS, RSP, RFLAGS, CS, RIP) stays above the code.
         assert!(HALT_CODE_ADDR + CODE.len() as u64 <= RING0_STACK_TOP - 5 * 8);
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mem = GuestRam::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         write(&mem).unwrap();
         let rsp0: u64 = mem.read_obj(GuestAddress(TSS_ADDR + TSS_RSP0)).unwrap();
         assert_eq!(rsp0, RING0_STACK_TOP);

@@ -6,6 +6,7 @@ use super::pages::{MemoryImage, PagesError};
 use super::sender::Hello;
 use crate::config::VmConfig;
 use crate::memory::Layout;
+use crate::overrides::Overrides;
 use crate::vm::{Restore, RestoreMemory, RunOptions, RunResult, VmError};
 use crate::vm_state::VmState;
 use bincode::Options;
@@ -28,13 +29,6 @@ pub enum ReceiveError {
     Decode(String),
     #[error(transparent)]
     Vm(#[from] VmError),
-}
-
-/// Changes the destination makes to the incoming VM's configuration (host-specific names).
-#[derive(Clone, Debug, Default)]
-pub struct Overrides {
-    /// `config` keys replaced by these JSON values (e.g. "nets" with other tap names).
-    pub config: Vec<(String, serde_json::Value)>,
 }
 
 /// How to receive.
@@ -116,7 +110,9 @@ fn take(
     let hello: Hello = decode(&ch.expect(Kind::Hello, "the handshake")?, "handshake")?;
     crate::cpuid::check_cpuid(&hello.cpuid)
         .map_err(|e| ReceiveError::Incompatible(e.to_string()))?;
-    let cfg = apply_overrides(hello.config, overrides)?;
+    let cfg = overrides
+        .apply(hello.config)
+        .map_err(|e| ReceiveError::Incompatible(e.to_string()))?;
     crate::config::check_memory(cfg.memory_bytes)
         .map_err(|e| ReceiveError::Incompatible(e.to_string()))?;
     let mem = Layout::new(cfg.memory_bytes)
@@ -155,17 +151,6 @@ fn take(
             }
         }
     }
-}
-
-fn apply_overrides(cfg: VmConfig, o: &Overrides) -> Result<VmConfig, ReceiveError> {
-    if o.config.is_empty() {
-        return Ok(cfg);
-    }
-    let mut v = serde_json::to_value(&cfg).map_err(|e| ReceiveError::Decode(e.to_string()))?;
-    for (k, val) in &o.config {
-        v[k] = val.clone();
-    }
-    serde_json::from_value(v).map_err(|e| ReceiveError::Incompatible(format!("bad override: {e}")))
 }
 
 /// How long the destination waits for the next frame before giving up.
