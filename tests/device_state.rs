@@ -6,7 +6,7 @@ use plainvm_tests::support::live_vm::LiveVm;
 use plainvm_tests::support::netns::{Netns, NetnsPair};
 use plainvm_tests::support::vsock::echo_from_guest;
 use plainvm_tests::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -51,35 +51,57 @@ fn snapshot_paused(sock: &Path, snap: &Path, disk: &Path, disk_copy: &Path) {
     std::fs::copy(disk, disk_copy).unwrap();
 }
 
+/// A test guest with a fresh zeroed disk and an API socket, in a new scratch directory.
+struct DiskVm {
+    dir: PathBuf,
+    disk: PathBuf,
+    sock: PathBuf,
+    vm: BackgroundVm,
+}
+
+/// Start `plainvm run` with `cmdline` (a `blk-loop` workload), the disk, the API socket and the
+/// `extra` flags; returns once the workload is under way.
+fn disk_vm(name: &str, extra: &[&str], cmdline: &str) -> DiskVm {
+    let dir = scratch(name);
+    let (disk, sock) = (dir.join("disk.img"), dir.join("api.sock"));
+    zeroed_disk(&disk);
+    let disk_arg = format!("path={}", disk.display());
+    let mut args = vec![
+        "run",
+        "--api-sock",
+        sock.to_str().unwrap(),
+        "--disk",
+        &disk_arg,
+    ];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--cmdline", cmdline]);
+    let vm = BackgroundVm::start(&args, &dir.join("console"));
+    vm.wait_for("blkloop pass=10 ok", T);
+    DiskVm {
+        dir,
+        disk,
+        sock,
+        vm,
+    }
+}
+
 #[test]
 fn a_vm_with_devices_restores_twice_with_its_disk_workload_intact() {
-    let dir = scratch("devsnap");
-    let (disk, disk_at_snap) = (dir.join("disk.img"), dir.join("disk-at-snapshot.img"));
-    zeroed_disk(&disk);
-    let sock = dir.join("api.sock");
-    let snap = dir.join("snap");
-    let vsock = format!("cid=3,socket={}", dir.join("v.sock").display());
-    let disk_arg = format!("path={}", disk.display());
+    let vsock_dir = scratch("devsnap-vsock");
+    let vsock = format!("cid=3,socket={}", vsock_dir.join("v.sock").display());
     // rng, balloon and vsock are attached but never set up by this guest: their (unconfigured)
     // state must go through the snapshot as well.
-    let mut vm = BackgroundVm::start(
-        &[
-            "run",
-            "--api-sock",
-            sock.to_str().unwrap(),
-            "--disk",
-            &disk_arg,
-            "--rng",
-            "--balloon",
-            "size=16M",
-            "--vsock",
-            &vsock,
-            "--cmdline",
-            "blk-loop passes=3000 show-gen",
-        ],
-        &dir.join("console"),
+    let DiskVm {
+        dir,
+        disk,
+        sock,
+        mut vm,
+    } = disk_vm(
+        "devsnap",
+        &["--rng", "--balloon", "size=16M", "--vsock", &vsock],
+        "blk-loop passes=3000 show-gen",
     );
-    vm.wait_for("blkloop pass=10 ok", T);
+    let (snap, disk_at_snap) = (dir.join("snap"), dir.join("disk-at-snapshot.img"));
     snapshot_paused(&sock, &snap, &disk, &disk_at_snap);
     let at = last_blkloop_pass(&vm.output());
     vm.kill();
@@ -157,24 +179,13 @@ fn a_vm_with_devices_restores_twice_with_its_disk_workload_intact() {
 
 #[test]
 fn a_diff_snapshot_holds_the_pages_devices_wrote() {
-    let dir = scratch("devdiff");
-    let (disk, disk_at_snap) = (dir.join("disk.img"), dir.join("disk-at-snapshot.img"));
-    zeroed_disk(&disk);
-    let sock = dir.join("api.sock");
-    let disk_arg = format!("path={}", disk.display());
-    let mut vm = BackgroundVm::start(
-        &[
-            "run",
-            "--api-sock",
-            sock.to_str().unwrap(),
-            "--disk",
-            &disk_arg,
-            "--cmdline",
-            "blk-loop passes=0",
-        ],
-        &dir.join("console"),
-    );
-    vm.wait_for("blkloop pass=10 ok", T);
+    let DiskVm {
+        dir,
+        disk,
+        sock,
+        mut vm,
+    } = disk_vm("devdiff", &[], "blk-loop passes=0");
+    let disk_at_snap = dir.join("disk-at-snapshot.img");
     let full = dir.join("full");
     let o = api("snapshot", &sock, &["--path", full.to_str().unwrap()]);
     assert_eq!(o.status, Some(0), "{}", o.dump());
@@ -208,25 +219,12 @@ fn a_diff_snapshot_holds_the_pages_devices_wrote() {
 
 #[test]
 fn a_vm_with_a_disk_migrates_and_its_disk_workload_continues() {
-    let dir = scratch("devmig");
-    let disk = dir.join("disk.img");
-    zeroed_disk(&disk);
-    let sock = dir.join("src.sock");
-    let disk_arg = format!("path={}", disk.display());
-    let mut src = BackgroundVm::start(
-        &[
-            "run",
-            "--api-sock",
-            sock.to_str().unwrap(),
-            "--disk",
-            &disk_arg,
-            "--rng",
-            "--cmdline",
-            "blk-loop passes=0 show-gen",
-        ],
-        &dir.join("src.out"),
-    );
-    src.wait_for("blkloop pass=10 ok", T);
+    let DiskVm {
+        dir,
+        sock,
+        vm: mut src,
+        ..
+    } = disk_vm("devmig", &["--rng"], "blk-loop passes=0 show-gen");
     // Same host, same image: the disk is shared storage for both ends.
     let port = 21000 + (std::process::id() % 4000) as u16;
     let to = format!("tcp:127.0.0.1:{port}");

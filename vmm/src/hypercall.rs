@@ -19,8 +19,11 @@ use vmm_sys_util::timerfd::TimerFd;
 
 /// How long a guest agent gets to power off after SIGTERM before plainvm stops the VM anyway.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often heartbeats and the stop deadline are checked.
+/// How often heartbeats and the stop deadline are checked while there is one to watch.
 const TICK: Duration = Duration::from_millis(100);
+/// How often the watch looks whether the guest declared a heartbeat, when there is nothing to
+/// watch: an idle VM's event loop should sleep, not wake ten times a second.
+const IDLE_TICK: Duration = Duration::from_secs(1);
 
 /// Errors setting up the hypercall device.
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +111,7 @@ pub fn start(
     let sigterm = EventFd::new(EFD_NONBLOCK).map_err(fd_err("eventfd"))?;
     let mut timer = TimerFd::new().map_err(|e| fd_err("timer")(e.into()))?;
     timer
-        .reset(TICK, Some(TICK))
+        .reset(IDLE_TICK, Some(IDLE_TICK))
         .map_err(|e| fd_err("timer")(e.into()))?;
     SIGTERM_FD.store(sigterm.as_raw_fd(), Ordering::SeqCst);
     install_sigterm_handler()?;
@@ -117,6 +120,7 @@ pub fn start(
         exit,
         sigterm,
         timer,
+        period: IDLE_TICK,
         deadline: None,
     })));
     Ok(Instant::now())
@@ -157,10 +161,21 @@ struct Watch {
     exit: Arc<ExitSignal>,
     sigterm: EventFd,
     timer: TimerFd,
+    /// The timer's current period (`TICK` or `IDLE_TICK`).
+    period: Duration,
     deadline: Option<Instant>,
 }
 
 impl Watch {
+    /// Tick fast while a heartbeat or the stop deadline needs watching, slowly otherwise.
+    fn set_period(&mut self) {
+        let busy = self.deadline.is_some() || self.state.snapshot().heartbeat_interval.is_some();
+        let period = if busy { TICK } else { IDLE_TICK };
+        if period != self.period && self.timer.reset(period, Some(period)).is_ok() {
+            self.period = period;
+        }
+    }
+
     fn on_sigterm(&mut self) {
         let _ = self.sigterm.read();
         if self.deadline.is_some() {
@@ -186,6 +201,7 @@ impl Watch {
                     STOP_TIMEOUT.as_secs()
                 );
                 self.deadline = Some(Instant::now() + STOP_TIMEOUT);
+                self.set_period();
             }
             Err(e) => self
                 .exit
@@ -208,6 +224,7 @@ impl Watch {
                 STOP_TIMEOUT.as_secs()
             )));
         }
+        self.set_period();
     }
 }
 
@@ -271,6 +288,7 @@ mod tests {
             exit: exit.clone(),
             sigterm: EventFd::new(EFD_NONBLOCK).unwrap(),
             timer: TimerFd::new().unwrap(),
+            period: IDLE_TICK,
             deadline: None,
         }
     }

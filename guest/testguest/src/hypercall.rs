@@ -265,8 +265,9 @@ pub fn selftest(ram: u64) {
         call(m, nr::HEARTBEAT, [200, 0, 0, 0]).is_ok(),
         0,
     );
-    // Go silent for longer than the interval: the VMM logs the miss, then the resumption.
-    sleep_ms(800);
+    // Go silent for longer than the interval (and the VMM's idle check period of 1 s): the VMM
+    // logs the miss, then the resumption.
+    sleep_ms(1500);
     r.check(
         "heartbeat-resume",
         call(m, nr::HEARTBEAT, [200, 0, 0, 0]).is_ok(),
