@@ -34,6 +34,15 @@ pub struct RawFile {
 /// Upper bound on iovecs per system call (Linux IOV_MAX).
 const IOV_MAX: usize = 1024;
 
+/// What `transfer` does.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Read,
+    /// Read only what the page cache holds (RWF_NOWAIT).
+    ReadCached,
+    Write,
+}
+
 impl RawFile {
     /// Opens `path` for reading (and writing unless `read_only`).
     pub fn open(path: &Path, read_only: bool) -> Result<Self, BackendError> {
@@ -79,7 +88,14 @@ impl RawFile {
 
     /// Fills the host buffers `iov` from the image at `offset`, completely or not at all.
     pub fn read_at(&self, iov: &mut [libc::iovec], offset: u64) -> std::io::Result<()> {
-        self.transfer(iov, offset, false)
+        self.transfer(iov, offset, Op::Read)
+    }
+
+    /// `read_at`, but only from the page cache: `ErrorKind::WouldBlock` when the disk would have
+    /// to be read (or the kernel cannot tell), and the caller then reads on a worker thread.
+    /// `iov` may be partly filled and advanced by then.
+    pub fn read_cached_at(&self, iov: &mut [libc::iovec], offset: u64) -> std::io::Result<()> {
+        self.transfer(iov, offset, Op::ReadCached)
     }
 
     /// Writes the host buffers `iov` to the image at `offset`, completely or with an error.
@@ -87,7 +103,7 @@ impl RawFile {
         if self.read_only {
             return Err(std::io::Error::from_raw_os_error(libc::EROFS));
         }
-        self.transfer(iov, offset, true)
+        self.transfer(iov, offset, Op::Write)
     }
 
     /// Makes written data durable.
@@ -101,7 +117,7 @@ impl RawFile {
     /// `preadv`/`pwritev` until every byte of `iov` moved; `iov` is consumed (advanced) on the way.
     ///
     /// The caller guarantees every iovec points into host memory it may access (guest RAM slices).
-    fn transfer(&self, iov: &mut [libc::iovec], offset: u64, write: bool) -> std::io::Result<()> {
+    fn transfer(&self, iov: &mut [libc::iovec], offset: u64, op: Op) -> std::io::Result<()> {
         let total: u64 = iov.iter().map(|v| v.iov_len as u64).sum();
         if offset.checked_add(total).is_none_or(|end| end > self.size) {
             return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
@@ -116,32 +132,32 @@ impl RawFile {
             let batch = &iov[first..iov.len().min(first + IOV_MAX)];
             let off = libc::off_t::try_from(pos)
                 .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+            let (fd, ptr, cnt) = (
+                self.file.as_raw_fd(),
+                batch.as_ptr(),
+                batch.len() as libc::c_int,
+            );
             // SAFETY: every iovec in `batch` describes host memory valid for `iov_len` bytes (the
             // caller's contract: slices of guest RAM that stay mapped while the VM runs); the fd
             // is ours. The kernel reads or writes only inside those buffers.
             let n = unsafe {
-                if write {
-                    libc::pwritev(
-                        self.file.as_raw_fd(),
-                        batch.as_ptr(),
-                        batch.len() as libc::c_int,
-                        off,
-                    )
-                } else {
-                    libc::preadv(
-                        self.file.as_raw_fd(),
-                        batch.as_ptr(),
-                        batch.len() as libc::c_int,
-                        off,
-                    )
+                match op {
+                    Op::Write => libc::pwritev(fd, ptr, cnt, off),
+                    Op::Read => libc::preadv(fd, ptr, cnt, off),
+                    Op::ReadCached => libc::preadv2(fd, ptr, cnt, off, libc::RWF_NOWAIT),
                 }
             };
             if n < 0 {
                 let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
+                match e.raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    // Not in the page cache, or no RWF_NOWAIT here: the caller reads it the
+                    // blocking way.
+                    Some(libc::EAGAIN | libc::EOPNOTSUPP) if op == Op::ReadCached => {
+                        return Err(std::io::ErrorKind::WouldBlock.into())
+                    }
+                    _ => return Err(e),
                 }
-                return Err(e);
             }
             if n == 0 {
                 // The image shrank underneath us.

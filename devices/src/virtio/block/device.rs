@@ -1,5 +1,6 @@
 //! The virtio-blk device: features and config space, and the request queue served on the device
-//! event loop (one queue, requests run synchronously against the raw image).
+//! event loop (one queue; requests run inline against the raw image, reads that must wait for
+//! the disk on worker threads).
 
 use super::backend::{BackendError, RawFile};
 use super::request::{parse, Kind, Request};
@@ -26,14 +27,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 const QUEUE_SIZE: u16 = 256;
 /// Most chains served per wake-up before yielding the event loop to other devices.
 const BUDGET: usize = 4 * QUEUE_SIZE as usize;
-/// Reads of at least this many bytes go to the worker threads (several run at once); smaller
-/// ones run inline, where a hand-off costs more than the copy from the page cache.
-const PARALLEL_READ_MIN: u64 = 128 << 10;
 /// Longest wait for requests in flight when the VM pauses.
 const QUIESCE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Writes of at least this many bytes go to the worker threads: even 4 KiB page-cache writes
-/// take long enough (file-system locking) that running them in parallel pays.
-const PARALLEL_WRITE_MIN: u64 = 4 << 10;
 
 /// Why a block device cannot be created.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +61,9 @@ pub struct Block {
     req: Request,
     /// Requests answered with an error status (or dropped as malformed) so far.
     errors: u64,
+    /// Send every read to the worker threads, as if the page cache held nothing (for tests of
+    /// that path, which a cached image never takes).
+    pub(crate) always_hand_off: bool,
 }
 
 struct Active {
@@ -107,6 +105,7 @@ impl Block {
             active: None,
             req: Request::default(),
             errors: 0,
+            always_hand_off: false,
         })
     }
 
@@ -138,6 +137,7 @@ impl Block {
             req,
             errors,
             queue_evt,
+            always_hand_off,
             ..
         } = self;
         let ctx = Ctx {
@@ -146,6 +146,7 @@ impl Block {
             generation: *generation,
             id,
             capacity: *capacity,
+            always_hand_off: *always_hand_off,
         };
         let Some(Active {
             mem,
@@ -272,6 +273,7 @@ struct Ctx<'a> {
     generation: u64,
     id: &'a [u8; ID_BYTES],
     capacity: u64,
+    always_hand_off: bool,
 }
 
 /// Runs one chain; returns the used length and whether it succeeded, or None when a worker
@@ -290,22 +292,17 @@ fn serve(
     };
     let (status, written) = match verdict {
         Err(e) => (e.status(), 0),
-        Ok(()) if parallel(req) => match hand_off(mem, ctx, head, status_addr, req) {
-            Ok(()) => return None,
-            Err(()) => (S_IOERR, 0),
+        Ok(()) => match execute(mem, ctx, req, iov) {
+            Some(done) => done,
+            // A read the page cache cannot serve goes to the worker threads (several disk reads
+            // then run at once, and the event loop does not wait for the disk).
+            None => match hand_off(mem, ctx, head, status_addr, req) {
+                Ok(()) => return None,
+                Err(()) => (S_IOERR, 0),
+            },
         },
-        Ok(()) => execute(mem, ctx.backend, ctx.id, req, iov),
     };
     Some(finish(mem, status_addr, status, written))
-}
-
-/// Whether a validated request goes to the worker threads.
-fn parallel(req: &Request) -> bool {
-    match req.kind {
-        Some(Kind::Read) => req.len >= PARALLEL_READ_MIN,
-        Some(Kind::Write) => req.len >= PARALLEL_WRITE_MIN,
-        _ => false,
-    }
 }
 
 /// Writes the status byte; returns the used length and whether the request succeeded.
@@ -350,25 +347,27 @@ fn hand_off(
     }
 }
 
-/// Performs a validated request; returns the status and the bytes written into guest memory.
+/// Performs a validated request on the event loop; returns the status and the bytes written
+/// into guest memory, or None for a read the page cache cannot serve (see `hand_off`). Writes
+/// and flushes run here: the page cache takes buffered writes without waiting for the disk.
 fn execute(
     mem: &GuestRam,
-    backend: &RawFile,
-    id: &[u8; ID_BYTES],
+    ctx: &Ctx,
     req: &Request,
     iov: &mut Vec<libc::iovec>,
-) -> (u8, u32) {
-    match req.kind {
+) -> Option<(u8, u32)> {
+    let (backend, id) = (ctx.backend, ctx.id);
+    Some(match req.kind {
         Some(Kind::Read) | Some(Kind::Write) => {
             let read = req.kind == Some(Kind::Read);
             if guest_iovecs(mem, req, iov).is_err() {
-                return (S_IOERR, 0);
+                return Some((S_IOERR, 0));
             }
             let offset = req.sector * SECTOR_SIZE; // range checked by `parse`
-            let r = if read {
-                backend.read_at(iov, offset)
-            } else {
-                backend.write_at(iov, offset)
+            let r = match (read, ctx.always_hand_off) {
+                (true, false) => backend.read_cached_at(iov, offset),
+                (true, true) => Err(std::io::ErrorKind::WouldBlock.into()),
+                (false, _) => backend.write_at(iov, offset),
             };
             match r {
                 Ok(()) if read => {
@@ -376,6 +375,7 @@ fn execute(
                     (S_OK, req.len as u32)
                 }
                 Ok(()) => (S_OK, 0),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
                 Err(_) => (S_IOERR, 0),
             }
         }
@@ -392,7 +392,7 @@ fn execute(
                 }
                 let n = left.len().min(seg.len as usize);
                 if mem.write_slice(&left[..n], seg.addr).is_err() {
-                    return (S_IOERR, 0);
+                    return Some((S_IOERR, 0));
                 }
                 left = &left[n..];
                 written += n as u32;
@@ -400,7 +400,7 @@ fn execute(
             (S_OK, written)
         }
         None => (S_IOERR, 0),
-    }
+    })
 }
 
 /// Host iovecs for the request's data segments; an error if any byte is outside guest RAM.

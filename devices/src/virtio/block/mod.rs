@@ -2,7 +2,7 @@
 //!
 //! `request.rs` turns a descriptor chain into a validated request, `backend.rs` does the file I/O
 //! straight into and out of guest memory, `device.rs` is the virtio device and its queue loop,
-//! `worker.rs` the threads that run large reads and writes in parallel.
+//! `worker.rs` the threads that run reads the page cache cannot serve, several at once.
 
 pub mod backend;
 pub mod device;

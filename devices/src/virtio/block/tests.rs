@@ -178,7 +178,7 @@ fn write_then_read_round_trip() {
 }
 
 #[test]
-fn large_requests_run_on_the_worker_threads() {
+fn cached_requests_run_inline_and_uncached_reads_on_the_worker_threads() {
     let mut r = rig(false);
     let len: u32 = 256 << 10;
     let pattern: Vec<u8> = (0..len).map(|i| (i / 512 + i) as u8).collect();
@@ -186,21 +186,34 @@ fn large_requests_run_on_the_worker_threads() {
     let src = 0x4_0000;
     r.mem.write_slice(&pattern, GuestAddress(src)).unwrap();
     r.header(T_OUT, 8);
-    assert!(
-        r.submit(&[(src, len, false)]).is_empty(),
-        "completed inline"
+    assert_eq!(
+        r.submit(&[(src, len, false)]),
+        vec![(0, 1)],
+        "writes run inline"
     );
-    let used = r.wait_jobs();
-    assert_eq!(used, vec![(0, 1)]);
     assert_eq!(r.status(), S_OK);
     assert_eq!(&r.disk()[4096..4096 + len as usize], &pattern[..]);
 
+    // What the page cache holds is read inline too.
     let back = 0x8_0000;
     r.header(T_IN, 8);
-    assert!(r.submit(&[(back, len, true)]).is_empty());
+    assert_eq!(r.submit(&[(back, len, true)]), vec![(0, len + 1)]);
+    let mut got = vec![0u8; len as usize];
+    r.mem.read_slice(&mut got, GuestAddress(back)).unwrap();
+    assert_eq!(got, pattern);
+
+    // A read the page cache cannot serve goes to a worker thread and completes from there.
+    r.dev.always_hand_off = true;
+    r.mem
+        .write_slice(&vec![0u8; len as usize], GuestAddress(back))
+        .unwrap();
+    r.header(T_IN, 8);
+    assert!(
+        r.submit(&[(back, len, true)]).is_empty(),
+        "completed inline"
+    );
     assert_eq!(r.wait_jobs(), vec![(0, len + 1)]);
     assert_eq!(r.status(), S_OK);
-    let mut got = vec![0u8; len as usize];
     r.mem.read_slice(&mut got, GuestAddress(back)).unwrap();
     assert_eq!(got, pattern);
 
@@ -437,6 +450,7 @@ fn bad_ids_are_refused() {
 #[test]
 fn quiesce_completes_the_requests_the_workers_hold() {
     let mut r = rig(false);
+    r.dev.always_hand_off = true;
     let len: u32 = 256 << 10;
     r.header(T_IN, 0);
     assert!(
@@ -459,10 +473,11 @@ fn reads_into_guest_memory_mark_its_dirty_bitmap() {
         std::ops::Deref::deref(region).bitmap().clone()
     };
     bitmap(&r.mem).reset();
-    // A small read runs inline, a large one on a worker: both write guest memory behind
+    // A cached read runs inline, an uncached one on a worker: both write guest memory behind
     // vm-memory's back (preadv into host iovecs) and must still show up.
     r.header(T_IN, 0);
     assert_eq!(r.submit(&[(0x4_0000, 4096, true)]).len(), 1);
+    r.dev.always_hand_off = true;
     r.header(T_IN, 0);
     assert!(r.submit(&[(0x8_0000, 256 << 10, true)]).is_empty());
     assert_eq!(r.wait_jobs().len(), 1);

@@ -1,5 +1,6 @@
-//! I/O worker threads: large reads and most writes run here, several at once, off the device event
-//! loop (which serves small reads inline and completes these when a worker reports back).
+//! I/O worker threads: reads that must wait for the disk (the page cache cannot serve them) run
+//! here, several at once, off the device event loop, which serves everything else inline and
+//! completes these when a worker reports back.
 
 use super::backend::RawFile;
 use super::request::Segment;
