@@ -9,7 +9,7 @@ use crate::GuestRam;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::io::ErrorKind;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, Permissions};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -73,7 +73,6 @@ pub struct Net {
     /// A frame read from the tap that waits for a receive buffer (`rx_len` bytes, 0 = none).
     rx_frame: Vec<u8>,
     rx_len: usize,
-    tx_frame: Vec<u8>,
     /// Writable descriptors of the receive chain being filled.
     rx_descs: Vec<(GuestAddress, usize)>,
     stats: NetStats,
@@ -93,7 +92,6 @@ impl Net {
             tap_readable: true,
             rx_frame: vec![0; MAX_BUFFER],
             rx_len: 0,
-            tx_frame: vec![0; MAX_BUFFER],
             rx_descs: Vec::with_capacity(usize::from(QUEUE_SIZE)),
             stats: NetStats::default(),
             last_error: None,
@@ -217,6 +215,8 @@ impl Net {
         let mut rechecked = false;
         // No kicks needed while the device is draining the queue anyway.
         let _ = a.queues[TX].disable_notification(&a.mem);
+        // The frame being sent: our zeroed header, then the guest's buffers (no copy).
+        let mut iov: Vec<libc::iovec> = Vec::with_capacity(8);
         for n in 0.. {
             if n == BUDGET {
                 more = true; // notifications stay off: the self-kick below continues
@@ -231,12 +231,11 @@ impl Net {
             };
             rechecked = false;
             let head = chain.head_index();
-            match gather(&a.mem, chain, &mut self.tx_frame) {
-                Ok(len) => {
-                    // Offloads are off: whatever the guest put in flags and GSO fields is
-                    // not passed to the host kernel.
-                    self.tx_frame[..HDR_LEN].fill(0);
-                    match self.tap.write_frame(&self.tx_frame[..len]) {
+            match gather(&a.mem, chain, &mut iov) {
+                Ok(_) => {
+                    // SAFETY: `gather` made every iovec but the first (our zeroed header) from
+                    // guest RAM slices it checked, which stay mapped while `a.mem` lives.
+                    match unsafe { self.tap.write_frame_iov(&iov) } {
                         Ok(_) => self.stats.tx_frames += 1,
                         Err(_) => self.stats.tx_dropped += 1,
                     }
@@ -284,12 +283,22 @@ fn notify(mem: &GuestRam, q: &mut Queue, interrupt: &Interrupt) {
     }
 }
 
-/// Copy a transmit chain (header and frame, all device-readable) into `buf`; returns its length.
+/// What a transmitted frame's virtio-net header becomes: offloads are off, so whatever the guest
+/// put in flags and GSO fields is not passed to the host kernel.
+static ZERO_HEADER: [u8; HDR_LEN] = [0; HDR_LEN];
+
+/// Host iovecs for a transmit chain (header and frame, all device-readable), the header replaced
+/// by `ZERO_HEADER`; returns the length, header included. Nothing is copied.
 fn gather(
     mem: &GuestRam,
     chain: DescriptorChain<&GuestRam>,
-    buf: &mut [u8],
+    iov: &mut Vec<libc::iovec>,
 ) -> Result<usize, ChainError> {
+    iov.clear();
+    iov.push(libc::iovec {
+        iov_base: ZERO_HEADER.as_ptr() as *mut libc::c_void,
+        iov_len: HDR_LEN,
+    });
     let mut total = 0usize;
     for desc in chain {
         if desc.is_write_only() {
@@ -298,13 +307,28 @@ fn gather(
         let len = desc.len() as usize;
         let end = total
             .checked_add(len)
-            .filter(|&e| e <= buf.len())
+            .filter(|&e| e <= MAX_BUFFER)
             .ok_or(ChainError::TooLong)?;
-        mem.read_slice(&mut buf[total..end], desc.addr())
-            .map_err(|_| ChainError::OutsideMemory {
-                addr: desc.addr().0,
-                len,
-            })?;
+        let outside = ChainError::OutsideMemory {
+            addr: desc.addr().0,
+            len,
+        };
+        if !mem.check_range(desc.addr(), len, Permissions::Read) {
+            return Err(outside);
+        }
+        // The bytes of this buffer past the header (which `ZERO_HEADER` stands in for).
+        let skip = HDR_LEN.saturating_sub(total).min(len);
+        let after = desc
+            .addr()
+            .checked_add(skip as u64)
+            .ok_or(outside.clone())?;
+        for slice in vm_memory::GuestMemoryBackend::get_slices(mem, after, len - skip) {
+            let slice = slice.map_err(|_| outside.clone())?;
+            iov.push(libc::iovec {
+                iov_base: slice.ptr_guard().as_ptr() as *mut libc::c_void,
+                iov_len: slice.len(),
+            });
+        }
         total = end;
     }
     if total < HDR_LEN {

@@ -174,6 +174,21 @@ impl Tap {
     pub fn write_frame(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.file.write(buf)
     }
+
+    /// Write one frame (header included) gathered from `iov`, with one system call.
+    ///
+    /// # Safety
+    /// Every iovec must describe memory readable for its `iov_len` bytes during the call.
+    pub unsafe fn write_frame_iov(&mut self, iov: &[libc::iovec]) -> std::io::Result<usize> {
+        let cnt = libc::c_int::try_from(iov.len())
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: the caller vouches for the buffers; the fd is ours; writev only reads them.
+        let n = unsafe { libc::writev(self.file.as_raw_fd(), iov.as_ptr(), cnt) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
 }
 
 impl AsRawFd for Tap {

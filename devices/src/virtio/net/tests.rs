@@ -121,6 +121,36 @@ fn transmits_a_frame_with_its_header_cleared() {
 }
 
 #[test]
+fn a_header_sharing_or_straddling_buffers_is_cleared_too() {
+    let mem = memory();
+    let rxq = MockSplitQueue::create(&mem, GuestAddress(0x1000), 16);
+    let txq = MockSplitQueue::create(&mem, GuestAddress(0x4000), 16);
+    let mut r = rig(&mem, &rxq, &txq);
+    // Header and frame in one buffer; then a header split 5 + 7 across two buffers, the second
+    // also holding the frame.
+    let mut one = vec![0xeeu8; HDR_LEN];
+    one.extend(0..40u8);
+    mem.write_slice(&one, GuestAddress(BUF)).unwrap();
+    mem.write_slice(&one, GuestAddress(BUF + 0x200)).unwrap();
+    txq.add_desc_chains(
+        &[
+            desc(BUF, one.len() as u32, 0, 0),
+            desc(BUF + 0x200, 5, F_NEXT, 2),
+            desc(BUF + 0x205, one.len() as u32 - 5, 0, 0),
+        ],
+        0,
+    )
+    .unwrap();
+    r.net.process_tx();
+    let got = peer_frames(&mut r.peer);
+    assert_eq!(got.len(), 2);
+    for f in got {
+        assert_eq!(&f[..HDR_LEN], &[0u8; HDR_LEN]);
+        assert_eq!(&f[HDR_LEN..], &one[HDR_LEN..]);
+    }
+}
+
+#[test]
 fn receives_a_frame_and_waits_for_buffers() {
     let mem = memory();
     let rxq = MockSplitQueue::create(&mem, GuestAddress(0x1000), 16);
