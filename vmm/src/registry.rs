@@ -152,12 +152,31 @@ pub fn lookup(name: &str) -> Result<Entry, RegistryError> {
     }
 }
 
-/// Remove the directory of a VM whose process is gone (or never finished registering).
-pub fn remove_stale(name: &str) {
-    let dir = vm_dir(name);
-    if dir.join(ENTRY_FILE).exists() || dir.exists() {
-        let _ = std::fs::remove_dir_all(&dir);
+/// A directory without an entry is a VM registering right now, or one that died in between:
+/// remove it only once it is clearly old, never under a VM that is about to write its entry.
+fn remove_if_abandoned(name: &str) {
+    let old = std::fs::metadata(vm_dir(name))
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age.as_secs() > 60);
+    if old {
+        remove_dir(name);
     }
+}
+
+/// Remove the directory of a VM whose process is gone (or never finished registering). An entry
+/// a live process holds stays: the name may have been claimed again in the meantime.
+pub fn remove_stale(name: &str) {
+    match read_entry(name) {
+        Some(e) if e.is_live() => {}
+        Some(_) => remove_dir(name),
+        None => remove_if_abandoned(name),
+    }
+}
+
+fn remove_dir(name: &str) {
+    let _ = std::fs::remove_dir_all(vm_dir(name));
 }
 
 /// Every live VM, sorted by name; stale entries are removed on the way.
@@ -175,20 +194,7 @@ pub fn list() -> Vec<Entry> {
         }
         match read_entry(&name) {
             Some(e) if e.is_live() => out.push(e),
-            Some(_) => remove_stale(&name),
-            // A directory without an entry: a VM registering right now, or one that died in
-            // between. Only remove it once it is clearly old.
-            None => {
-                let old = d
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age.as_secs() > 60);
-                if old {
-                    remove_stale(&name);
-                }
-            }
+            _ => remove_stale(&name),
         }
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -238,7 +244,9 @@ impl Registration {
                                         pid: e.pid,
                                     })
                                 }
-                                _ => remove_stale(name),
+                                Some(_) => remove_stale(name),
+                                // Still no entry: its process died while registering.
+                                None => remove_dir(name),
                             }
                         }
                     }
@@ -337,5 +345,21 @@ mod tests {
         let me = std::process::id() as i32;
         assert!(proc_start_time(me).is_some());
         assert_eq!(proc_start_time(-5), None);
+    }
+
+    #[test]
+    fn a_vm_that_is_registering_is_not_cleaned_away() {
+        // What `plainvm info NAME` saw while `restore --name NAME` was between its mkdir and its
+        // entry: the directory must survive the lookup, or the registering VM fails.
+        let name = format!("unit-registering-{}", std::process::id());
+        let dir = vm_dir(&name);
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(matches!(lookup(&name), Err(RegistryError::NotFound(_))));
+        assert!(list().iter().all(|e| e.name != name));
+        assert!(
+            dir.exists(),
+            "a fresh directory without an entry was removed"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
