@@ -14,8 +14,8 @@ const T: Duration = Duration::from_secs(60);
 /// Limit for each step of a Linux guest (its kernel is emulated here).
 const SLOW: Duration = Duration::from_secs(600);
 
-/// The highest `blkloop pass=N ok` in `output`.
-fn last_blkloop_pass(output: &str) -> u64 {
+/// The N of every `blkloop pass=N ok` in `output`, in order.
+fn blkloop_passes(output: &str) -> Vec<u64> {
     output
         .lines()
         .filter_map(|l| {
@@ -25,8 +25,12 @@ fn last_blkloop_pass(output: &str) -> u64 {
                 .parse()
                 .ok()
         })
-        .max()
-        .unwrap_or(0)
+        .collect()
+}
+
+/// The highest `blkloop pass=N ok` in `output`.
+fn last_blkloop_pass(output: &str) -> u64 {
+    blkloop_passes(output).into_iter().max().unwrap_or(0)
 }
 
 /// A fresh zeroed 1 MiB disk image (what `blk-loop`'s first pass expects).
@@ -137,13 +141,7 @@ fn a_vm_with_devices_restores_twice_with_its_disk_workload_intact() {
             "GENERATION not bumped: {}",
             o.dump()
         );
-        let first = o.stdout.lines().find_map(|l| {
-            l.strip_prefix("blkloop pass=")?
-                .split(' ')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        });
+        let first = blkloop_passes(&o.stdout).first().copied();
         assert!(
             first.unwrap_or(0) >= at,
             "restored at {first:?}, saved after {at}"

@@ -203,8 +203,10 @@ impl VmController {
     }
 
     /// Stop all vCPUs, then the devices: the event loop parks and work in flight finishes, so
-    /// nothing changes guest memory or device state until `resume`. On failure the VM runs on.
+    /// nothing changes guest memory or device state until `resume`. On failure a running VM
+    /// runs on, and one that was already paused stays paused.
     pub fn pause(&self) -> Result<(), ControllerError> {
+        let was_paused = self.control.is_paused();
         self.control.pause(PAUSE_TIMEOUT)?;
         let devices = self
             .gate
@@ -212,7 +214,9 @@ impl VmController {
             .map_err(ControllerError::from)
             .and_then(|()| Ok(crate::virtio_devices::quiesce_all(&self.devices)?));
         if let Err(e) = devices {
-            self.resume();
+            if !was_paused {
+                self.resume();
+            }
             return Err(e);
         }
         Ok(())

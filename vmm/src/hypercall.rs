@@ -169,7 +169,7 @@ struct Watch {
 impl Watch {
     /// Tick fast while a heartbeat or the stop deadline needs watching, slowly otherwise.
     fn set_period(&mut self) {
-        let busy = self.deadline.is_some() || self.state.snapshot().heartbeat_interval.is_some();
+        let busy = self.deadline.is_some() || self.state.heartbeat_declared();
         let period = if busy { TICK } else { IDLE_TICK };
         if period != self.period && self.timer.reset(period, Some(period)).is_ok() {
             self.period = period;

@@ -170,6 +170,11 @@ impl HypercallState {
         self.lock().agent
     }
 
+    /// True while the guest has a heartbeat interval declared (the VMM then watches it).
+    pub fn heartbeat_declared(&self) -> bool {
+        self.lock().heartbeat.interval.is_some()
+    }
+
     /// The guest reported this much free memory.
     pub fn set_mem_hint(&self, kib: u64) {
         self.lock().mem_hint_kib = Some(kib);

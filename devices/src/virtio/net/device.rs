@@ -9,7 +9,7 @@ use crate::GuestRam;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::io::ErrorKind;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, Permissions};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -309,25 +309,26 @@ fn gather(
             .checked_add(len)
             .filter(|&e| e <= MAX_BUFFER)
             .ok_or(ChainError::TooLong)?;
-        let outside = ChainError::OutsideMemory {
+        let outside = || ChainError::OutsideMemory {
             addr: desc.addr().0,
             len,
         };
-        if !mem.check_range(desc.addr(), len, Permissions::Read) {
-            return Err(outside);
-        }
-        // The bytes of this buffer past the header (which `ZERO_HEADER` stands in for).
-        let skip = HDR_LEN.saturating_sub(total).min(len);
-        let after = desc
-            .addr()
-            .checked_add(skip as u64)
-            .ok_or(outside.clone())?;
-        for slice in vm_memory::GuestMemoryBackend::get_slices(mem, after, len - skip) {
-            let slice = slice.map_err(|_| outside.clone())?;
-            iov.push(libc::iovec {
-                iov_base: slice.ptr_guard().as_ptr() as *mut libc::c_void,
-                iov_len: slice.len(),
-            });
+        // Every byte is checked to lie in guest RAM; those past the header (which
+        // `ZERO_HEADER` stands in for) are sent.
+        let mut at = total;
+        for slice in vm_memory::GuestMemoryBackend::get_slices(mem, desc.addr(), len) {
+            let slice = slice.map_err(|_| outside())?;
+            let skip = HDR_LEN.saturating_sub(at).min(slice.len());
+            at += slice.len();
+            if skip < slice.len() {
+                let part = slice
+                    .subslice(skip, slice.len() - skip)
+                    .map_err(|_| outside())?;
+                iov.push(libc::iovec {
+                    iov_base: part.ptr_guard().as_ptr() as *mut libc::c_void,
+                    iov_len: part.len(),
+                });
+            }
         }
         total = end;
     }
