@@ -9,7 +9,8 @@ use crate::GuestRam;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::io::ErrorKind;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
+use vm_memory::bitmap::Bitmap;
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -70,9 +71,6 @@ pub struct Net {
     active: Option<Active>,
     /// The tap reported data and has not yet returned `WouldBlock` (it is watched edge-triggered).
     tap_readable: bool,
-    /// A frame read from the tap that waits for a receive buffer (`rx_len` bytes, 0 = none).
-    rx_frame: Vec<u8>,
-    rx_len: usize,
     /// Writable descriptors of the receive chain being filled.
     rx_descs: Vec<(GuestAddress, usize)>,
     stats: NetStats,
@@ -90,8 +88,6 @@ impl Net {
             evts: [EventFd::new(EFD_NONBLOCK)?, EventFd::new(EFD_NONBLOCK)?],
             active: None,
             tap_readable: true,
-            rx_frame: vec![0; MAX_BUFFER],
-            rx_len: 0,
             rx_descs: Vec::with_capacity(usize::from(QUEUE_SIZE)),
             stats: NetStats::default(),
             last_error: None,
@@ -126,7 +122,8 @@ impl Net {
         self.process_rx();
     }
 
-    /// Move frames from the tap into receive buffers until one side runs dry.
+    /// Read frames from the tap straight into receive buffers until one side runs dry. A frame is
+    /// only read once a buffer is there for it; until then frames wait in the tap's own queue.
     pub fn process_rx(&mut self) {
         let Some(a) = self.active.as_mut() else {
             return;
@@ -136,34 +133,21 @@ impl Net {
         let mut rechecked = false;
         // While buffers last, the guest need not kick the receive queue.
         let _ = a.queues[RX].disable_notification(&a.mem);
+        // The guest's buffers, then one spare byte: a frame that reaches it did not fit.
+        let mut spill = 0u8;
+        let mut iov: Vec<libc::iovec> = Vec::with_capacity(8);
         for n in 0.. {
             if n == BUDGET {
                 more = true;
                 break;
             }
-            if self.rx_len == 0 {
-                if !self.tap_readable {
-                    break;
-                }
-                match self.tap.read_frame(&mut self.rx_frame) {
-                    Ok(len) if len > HDR_LEN => self.rx_len = len,
-                    Ok(_) => continue, // a runt without a frame: nothing to deliver
-                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                    Err(_) => {
-                        // WouldBlock, or a broken tap: wait for the next edge.
-                        self.tap_readable = false;
-                        break;
-                    }
-                }
-                // Offloads are off: no flags, no GSO; without MRG_RXBUF one buffer per frame.
-                self.rx_frame[0] = 0;
-                self.rx_frame[1] = 0;
-                self.rx_frame[10..12].copy_from_slice(&1u16.to_le_bytes());
+            if !self.tap_readable {
+                break;
             }
             let q = &mut a.queues[RX];
             let Some(chain) = q.pop_descriptor_chain(&a.mem) else {
-                // No buffers: the frame waits and the tap is not read until the guest kicks,
-                // which it does only with notifications enabled (re-checked once for a race).
+                // No buffers: the tap is not read until the guest kicks, which it does only
+                // with notifications enabled (re-checked once for a race).
                 if wait_for_kick(&a.mem, q, &mut rechecked) {
                     continue;
                 }
@@ -171,22 +155,8 @@ impl Net {
             };
             rechecked = false;
             let head = chain.head_index();
-            let frame = &self.rx_frame[..self.rx_len];
-            match scatter(&a.mem, chain, frame, &mut self.rx_descs) {
-                Ok(true) => {
-                    if q.add_used(&a.mem, head, self.rx_len as u32).is_err() {
-                        break;
-                    }
-                    used += 1;
-                    self.stats.rx_frames += 1;
-                    self.rx_len = 0;
-                }
-                Ok(false) => {
-                    // Buffers too small for this frame: drop the frame, keep the buffers.
-                    q.set_next_avail(q.next_avail().wrapping_sub(1));
-                    self.stats.rx_dropped += 1;
-                    self.rx_len = 0;
-                }
+            let room = match writable_iovecs(&a.mem, chain, &mut self.rx_descs, &mut iov) {
+                Ok(room) => room,
                 Err(e) => {
                     if q.add_used(&a.mem, head, 0).is_err() {
                         break;
@@ -194,6 +164,40 @@ impl Net {
                     used += 1;
                     self.stats.bad_chains += 1;
                     self.last_error = Some(e);
+                    continue;
+                }
+            };
+            iov.push(libc::iovec {
+                iov_base: (&mut spill as *mut u8).cast(),
+                iov_len: 1,
+            });
+            // SAFETY: every iovec but the last (`spill`, alive across the call) is a guest RAM
+            // slice `writable_iovecs` checked, mapped while `a.mem` lives; readv only writes them.
+            let read = unsafe { self.tap.read_frame_iov(&iov) };
+            match read {
+                Ok(len) if len > HDR_LEN && len <= room => {
+                    finish_frame(&a.mem, &self.rx_descs, len);
+                    if q.add_used(&a.mem, head, len as u32).is_err() {
+                        break;
+                    }
+                    used += 1;
+                    self.stats.rx_frames += 1;
+                }
+                Ok(len) => {
+                    // Larger than the buffers (dropped: the tap hands out each frame once), or a
+                    // runt without a frame: the buffers stay the guest's for the next one.
+                    q.set_next_avail(q.next_avail().wrapping_sub(1));
+                    if len > room {
+                        self.stats.rx_dropped += 1;
+                    }
+                }
+                Err(e) => {
+                    q.set_next_avail(q.next_avail().wrapping_sub(1));
+                    if e.kind() != ErrorKind::Interrupted {
+                        // WouldBlock, or a broken tap: wait for the next edge.
+                        self.tap_readable = false;
+                        break;
+                    }
                 }
             }
         }
@@ -338,48 +342,66 @@ fn gather(
     Ok(total)
 }
 
-/// Copy `frame` into a receive chain (all device-writable). `Ok(false)`: the chain is valid but
-/// too small for this frame, and nothing was written.
-fn scatter(
+/// Host iovecs for a receive chain (all device-writable), at most `MAX_BUFFER` bytes of it, and
+/// the descriptors they came from; returns the room, in bytes.
+fn writable_iovecs(
     mem: &GuestRam,
     chain: DescriptorChain<&GuestRam>,
-    frame: &[u8],
     descs: &mut Vec<(GuestAddress, usize)>,
-) -> Result<bool, ChainError> {
+    iov: &mut Vec<libc::iovec>,
+) -> Result<usize, ChainError> {
     descs.clear();
+    iov.clear();
     let mut room = 0usize;
     for desc in chain {
         if !desc.is_write_only() {
             return Err(ChainError::ReadableInRx);
         }
         // Only the part a frame can use is checked (and later written).
-        let len = (desc.len() as usize).min(MAX_BUFFER);
-        if !mem.check_range(desc.addr(), len, Permissions::Write) {
-            return Err(ChainError::OutsideMemory {
-                addr: desc.addr().0,
-                len,
+        let len = (desc.len() as usize).min(MAX_BUFFER - room);
+        let outside = || ChainError::OutsideMemory {
+            addr: desc.addr().0,
+            len,
+        };
+        if len == 0 {
+            continue;
+        }
+        for slice in vm_memory::GuestMemoryBackend::get_slices(mem, desc.addr(), len) {
+            let slice = slice.map_err(|_| outside())?;
+            iov.push(libc::iovec {
+                iov_base: slice.ptr_guard_mut().as_ptr().cast(),
+                iov_len: slice.len(),
             });
         }
         descs.push((desc.addr(), len));
-        room = room.saturating_add(len);
+        room += len;
     }
-    if room < frame.len() {
-        return Ok(false);
-    }
+    Ok(room)
+}
+
+/// The virtio-net header a received frame gets: offloads are off, so no flags and no GSO (the
+/// tap's checksum hints are not passed on), and without MRG_RXBUF one buffer per frame.
+const RX_HEADER: [u8; HDR_LEN] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+
+/// A frame of `len` bytes (header included) was read into the chain `descs`: put our header over
+/// the tap's and record the pages written in the memory's dirty bitmap (the read bypassed it).
+fn finish_frame(mem: &GuestRam, descs: &[(GuestAddress, usize)], len: usize) {
     let mut off = 0;
-    for &(addr, len) in descs.iter() {
-        if off == frame.len() {
+    for &(addr, dlen) in descs {
+        if off == len {
             break;
         }
-        let n = len.min(frame.len() - off);
-        mem.write_slice(&frame[off..off + n], addr)
-            .map_err(|_| ChainError::OutsideMemory {
-                addr: addr.0,
-                len: n,
-            })?;
+        let n = dlen.min(len - off);
+        if off < HDR_LEN {
+            let h = n.min(HDR_LEN - off);
+            // Checked writable when the chain was taken; a failure leaves the tap's header.
+            let _ = mem.write_slice(&RX_HEADER[off..off + h], addr);
+        }
+        for slice in vm_memory::GuestMemoryBackend::get_slices(mem, addr, n).flatten() {
+            slice.bitmap().mark_dirty(0, slice.len());
+        }
         off += n;
     }
-    Ok(true)
 }
 
 impl VirtioDevice for Net {
@@ -415,14 +437,13 @@ impl VirtioDevice for Net {
     }
     fn reset(&mut self) {
         self.active = None;
-        self.rx_len = 0;
     }
     fn queues(&self) -> &[Queue] {
         self.active.as_ref().map_or(&[], |a| &a.queues[..])
     }
     fn save_state(&self) -> Vec<u8> {
-        // The guest's driver keeps the MAC it read at probe time; a frame waiting for a receive
-        // buffer is not saved (a lost frame is the network's normal weather).
+        // The guest's driver keeps the MAC it read at probe time; frames waiting in the tap stay
+        // there (a lost frame is the network's normal weather).
         persist::encode(&self.mac().0)
     }
     fn restore_state(&mut self, state: &[u8]) -> Result<(), PersistError> {

@@ -2,7 +2,6 @@
 
 use super::HDR_LEN;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
@@ -165,14 +164,21 @@ impl Tap {
         Ok(u32::from_ne_bytes(b))
     }
 
-    /// Read one frame (header included) into `buf`; `WouldBlock` when none is waiting.
-    pub fn read_frame(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.file.read(buf)
-    }
-
-    /// Write one frame (header included).
-    pub fn write_frame(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.file.write(buf)
+    /// Read one frame (header included) into the buffers of `iov`, with one system call; returns
+    /// the frame's length, which is larger than the buffers when it did not fit (a tap reports the
+    /// whole length; a packet socket fills one spare byte at the end of `iov`).
+    ///
+    /// # Safety
+    /// Every iovec must describe memory writable for its `iov_len` bytes during the call.
+    pub unsafe fn read_frame_iov(&mut self, iov: &[libc::iovec]) -> std::io::Result<usize> {
+        let cnt = libc::c_int::try_from(iov.len())
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: the caller vouches for the buffers; the fd is ours; readv only writes them.
+        let n = unsafe { libc::readv(self.file.as_raw_fd(), iov.as_ptr(), cnt) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(n as usize)
     }
 
     /// Write one frame (header included) gathered from `iov`, with one system call.

@@ -324,3 +324,43 @@ fn a_polling_driver_gets_no_interrupts() {
     r.net.process_tx();
     assert_eq!(r.irq.read().unwrap(), 1);
 }
+
+#[test]
+fn received_frames_mark_the_pages_they_land_in_dirty() {
+    use vm_memory::bitmap::{AtomicBitmap, Bitmap};
+    use vm_memory::GuestMemoryBackend;
+    let mem = memory();
+    let rxq = MockSplitQueue::create(&mem, GuestAddress(0x1000), 16);
+    let txq = MockSplitQueue::create(&mem, GuestAddress(0x4000), 16);
+    let mut r = rig(&mem, &rxq, &txq);
+    let bitmap = |mem: &GuestRam| -> AtomicBitmap {
+        let region = mem.iter().next().unwrap();
+        std::ops::Deref::deref(region).bitmap().clone()
+    };
+    bitmap(&r.mem).reset();
+    // The frame is read straight into guest memory (readv), behind vm-memory's back; a buffer
+    // that starts 100 bytes before a page boundary puts it on two pages.
+    let start = BUF + 0x1000 - 100;
+    rxq.add_desc_chains(&[desc(start, 2048, F_WRITE, 0)], 0)
+        .unwrap();
+    r.peer.write_all(&vec![9u8; HDR_LEN + 1000]).unwrap();
+    r.net.tap_ready();
+    assert_eq!(used(&rxq), vec![(0, (HDR_LEN + 1000) as u32)]);
+    let b = bitmap(&r.mem);
+    assert!(b.dirty_at(start as usize), "the page with the header");
+    assert!(
+        b.dirty_at((BUF + 0x1000) as usize),
+        "the page with the rest of the frame"
+    );
+    assert!(
+        !b.dirty_at((BUF + 0x2000) as usize),
+        "a page of the buffer the frame did not reach"
+    );
+    let mut hdr = [0xffu8; HDR_LEN];
+    r.mem.read_slice(&mut hdr, GuestAddress(start)).unwrap();
+    assert_eq!(
+        hdr,
+        [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+        "our header over the tap's"
+    );
+}
