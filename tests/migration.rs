@@ -119,6 +119,63 @@ fn migrates_over_loopback_and_the_workload_continues() {
 }
 
 #[test]
+fn a_received_vm_is_registered_under_its_name() {
+    let mut p = source("named", "128M", "memwrite=16 passes=0 dirty=256 delay=2000");
+    let rt = p.dir.join("runtime");
+    let rt_s = rt.to_str().unwrap();
+    let pv = |args: &[&str]| {
+        run_with_timeout(
+            Command::new(plainvm_bin())
+                .args(args)
+                .env("PLAINVM_RUNTIME_DIR", rt_s),
+            T,
+        )
+    };
+    let to = format!("tcp:127.0.0.1:{}", port());
+    let mut dst = receiver(
+        &p.dir,
+        &to,
+        &["--name", "moved"],
+        &[("PLAINVM_RUNTIME_DIR", rt_s)],
+    );
+    let o = migrate(&p.sock, &to, &[]);
+    assert_eq!(
+        o.status,
+        Some(0),
+        "{}
+--- dst
+{}",
+        o.dump(),
+        dst.output()
+    );
+    assert_eq!(p.src.wait(T), Some(0), "{}", p.src.output());
+    // The destination answers by name.
+    let o = pv(&["ls"]);
+    assert!(o.stdout.contains("moved"), "{}", o.dump());
+    let o = pv(&["info", "moved"]);
+    assert!(o.stdout.contains("\"Running\""), "{}", o.dump());
+    // The name is taken: a second receiver refuses at once, before listening.
+    let o = pv(&[
+        "receive",
+        "--listen",
+        &format!("tcp:127.0.0.1:{}", port()),
+        "--name",
+        "moved",
+    ]);
+    assert_ne!(o.status, Some(0), "{}", o.dump());
+    assert!(o.stderr.contains("already running"), "{}", o.dump());
+    assert!(
+        !o.stderr.contains("waiting for a migration"),
+        "{}",
+        o.dump()
+    );
+    let o = pv(&["kill", "moved"]);
+    assert_eq!(o.status, Some(0), "{}", o.dump());
+    dst.wait(T);
+    assert!(!rt.join("moved").exists(), "the entry outlived the VM");
+}
+
+#[test]
 fn encrypted_migration_between_two_network_namespaces() {
     let ns = NetnsPair::new("mig");
     let key = scratch("key").join("key");

@@ -380,28 +380,13 @@ fn restore(args: RestoreArgs, start: Instant) -> Result<i32, String> {
     report(out, false, start)
 }
 
-/// Register the VM under `name` (or a generated one). A chosen name must be free; without one,
-/// a registry that cannot be written only costs the listing (a warning, and the VM runs).
+/// Register the VM (see `registry::register`).
 fn register(
     name: Option<&str>,
     api_sock: Option<&Path>,
     cfg: &plainvm::config::VmConfig,
 ) -> Result<Option<plainvm::registry::Registration>, String> {
-    use plainvm::registry::{generated_name, Registration};
-    match name {
-        Some(n) => Registration::claim(n, api_sock, cfg)
-            .map(Some)
-            .map_err(|e| e.to_string()),
-        None => {
-            match Registration::claim(&generated_name(), api_sock, cfg) {
-                Ok(r) => Ok(Some(r)),
-                Err(e) => {
-                    eprintln!("plainvm: warning: not registered (`plainvm ls` will not show this VM): {e}");
-                    Ok(None)
-                }
-            }
-        }
-    }
+    plainvm::registry::register(name, api_sock, cfg).map_err(|e| e.to_string())
 }
 
 /// One API request; prints the JSON answer.

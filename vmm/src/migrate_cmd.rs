@@ -35,6 +35,10 @@ pub struct ReceiveArgs {
     /// Where to listen: tcp:ADDR:PORT.
     #[arg(long)]
     pub listen: String,
+    /// The incoming VM's name in the registry (default: vm-<pid>); other subcommands find it by
+    /// name. Checked before listening, claimed when the VM's configuration arrives.
+    #[arg(long)]
+    pub name: Option<String>,
     /// Serve the control API on this unix socket once the VM runs.
     #[arg(long)]
     pub api_sock: Option<PathBuf>,
@@ -133,9 +137,13 @@ pub fn run_receive(args: ReceiveArgs) -> Result<i32, String> {
         .map(plainvm::migration::read_key)
         .transpose()?;
     let overrides = Overrides::parse(&args.set).map_err(|e| e.to_string())?;
+    if let Some(name) = &args.name {
+        plainvm::registry::check_free(name).map_err(|e| e.to_string())?;
+    }
     let out = receive(ReceiveOptions {
         listen,
         key,
+        name: args.name,
         api_sock: args.api_sock,
         overrides,
     })

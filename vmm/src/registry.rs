@@ -201,6 +201,40 @@ pub fn list() -> Vec<Entry> {
     out
 }
 
+/// Register a VM under `name`, or under a generated name without one. A chosen name must be free;
+/// a generated one that cannot be registered only costs the listing (a warning, and the VM runs).
+pub fn register(
+    name: Option<&str>,
+    api_sock: Option<&Path>,
+    cfg: &VmConfig,
+) -> Result<Option<Registration>, RegistryError> {
+    match name {
+        Some(n) => Registration::claim(n, api_sock, cfg).map(Some),
+        None => match Registration::claim(&generated_name(), api_sock, cfg) {
+            Ok(r) => Ok(Some(r)),
+            Err(e) => {
+                eprintln!(
+                    "plainvm: warning: not registered (`plainvm ls` will not show this VM): {e}"
+                );
+                Ok(None)
+            }
+        },
+    }
+}
+
+/// Fail early if a live VM already holds `name` (the claim itself comes later, once the VM's
+/// configuration is known).
+pub fn check_free(name: &str) -> Result<(), RegistryError> {
+    check_name(name)?;
+    match read_entry(name) {
+        Some(e) if e.is_live() => Err(RegistryError::NameTaken {
+            name: name.to_string(),
+            pid: e.pid,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// This process's registration; the directory is removed when it is dropped.
 pub struct Registration {
     dir: PathBuf,

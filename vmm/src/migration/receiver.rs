@@ -29,12 +29,16 @@ pub enum ReceiveError {
     Decode(String),
     #[error(transparent)]
     Vm(#[from] VmError),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
 }
 
 /// How to receive.
 pub struct ReceiveOptions {
     pub listen: SocketAddr,
     pub key: Option<[u8; 32]>,
+    /// The VM's name in the registry (None: a generated one).
+    pub name: Option<String>,
     pub api_sock: Option<PathBuf>,
     pub overrides: Overrides,
 }
@@ -63,12 +67,17 @@ pub fn receive(opts: ReceiveOptions) -> Result<RunResult, ReceiveError> {
     drop(listener);
     eprintln!("plainvm: migration from {peer}");
     let mut ch = Channel::accept(stream, opts.key.as_ref())?;
-    match take(&mut ch, &opts.overrides) {
+    let taken = take(&mut ch, &opts.overrides).and_then(|(cfg, state, mem)| {
+        // Claimed before the commit: a name taken meanwhile refuses the VM, the source runs on.
+        let reg = crate::registry::register(opts.name.as_deref(), opts.api_sock.as_deref(), &cfg)?;
+        Ok((cfg, state, mem, reg))
+    });
+    match taken {
         Err(e) => {
             ch.send_error(&e.to_string());
             Err(e)
         }
-        Ok((cfg, state, mem)) => {
+        Ok((cfg, state, mem, reg)) => {
             let restore = Restore {
                 state,
                 memory: RestoreMemory::Filled(mem),
@@ -94,10 +103,15 @@ pub fn receive(opts: ReceiveOptions) -> Result<RunResult, ReceiveError> {
             });
             let run = RunOptions {
                 restore: Some(restore),
-                api_sock: opts.api_sock,
+                api_sock: reg
+                    .as_ref()
+                    .map(|r| r.api_sock().to_path_buf())
+                    .or(opts.api_sock),
                 before_start: Some(gate),
             };
-            Ok(crate::vm::run(&cfg, run)?)
+            let out = crate::vm::run(&cfg, run);
+            drop(reg);
+            Ok(out?)
         }
     }
 }
