@@ -339,6 +339,8 @@ fn linux_with_disk_net_and_vsock_keeps_working_after_restores() {
             "the guest booted again:\n{log}"
         );
         assert_healthy(&log);
+        // The restore bumped the generation and posted a time sync: the agent syncs once.
+        assert_eq!(log.matches("time-sync: clock set to").count(), 1, "{log}");
         // Every tick after the restore read the file back from the disk (page cache dropped)
         // and got an answer through the re-opened tap.
         let after = ticks(&log);

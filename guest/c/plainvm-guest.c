@@ -300,11 +300,14 @@ static int do_watch(uint32_t interval_ms)
             if (kib)
                 hc(NR_MEM_HINT, (uint32_t)kib, (uint32_t)(kib >> 32), 0, NULL);
         }
+        /* A restore both bumps the generation and posts a time sync: one sync answers both. */
+        int synced = 0;
         uint32_t g = rd(R_GENERATION);
         if (g != gen) {
             printf("plainvm-guest: generation %u -> %u: resyncing the clock\n", gen, g);
             gen = g;
             do_time_sync();
+            synced = 1;
         }
         while (rd(R_PENDING) != 0) {
             if (hc(NR_REQUEST, 0, 0, 0, r) || r[0] == REQ_NONE)
@@ -312,7 +315,11 @@ static int do_watch(uint32_t interval_ms)
             switch (r[0]) {
             case REQ_POWER_OFF: return graceful(0, r[1]);
             case REQ_REBOOT: return graceful(1, r[1]);
-            case REQ_TIME_SYNC: do_time_sync(); break;
+            case REQ_TIME_SYNC:
+                if (!synced)
+                    do_time_sync();
+                synced = 1;
+                break;
             default:
                 fprintf(stderr, "plainvm-guest: ignoring unknown host request %u\n", r[0]);
             }

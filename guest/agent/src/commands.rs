@@ -162,6 +162,8 @@ pub fn watch_round<R: Registers, S: System>(
         }
     }
     st.rounds += 1;
+    // A restore both bumps the generation and posts a time sync: one sync answers both.
+    let mut synced = false;
     let g = r.read32(regs::GENERATION);
     if g != st.generation {
         println!(
@@ -171,6 +173,7 @@ pub fn watch_round<R: Registers, S: System>(
         st.generation = g;
         time_sync(r, sys)?;
         st.syncs += 1;
+        synced = true;
     }
     while r.read32(regs::PENDING) != 0 {
         let [kind, arg, _id, _] = hc(r, "request", nr::REQUEST, [0; 4])?;
@@ -179,10 +182,12 @@ pub fn watch_round<R: Registers, S: System>(
             request::NONE => break,
             request::POWER_OFF => return Ok(Some(Stop::PowerOff(code))),
             request::REBOOT => return Ok(Some(Stop::Reboot(code))),
-            request::TIME_SYNC => {
+            request::TIME_SYNC if !synced => {
                 time_sync(r, sys)?;
                 st.syncs += 1;
+                synced = true;
             }
+            request::TIME_SYNC => {}
             other => eprintln!("plainvm-guest: ignoring unknown host request {other}"),
         }
     }
@@ -293,10 +298,15 @@ mod tests {
         assert_eq!(watch_round(&mut d, &mut os, &mut st, i).unwrap(), None);
         assert_eq!(state.snapshot().heartbeats, 1);
         assert_eq!(state.snapshot().free_memory_kib, Some(512));
-        // A restore bumps the generation (and posts a time sync): the clock is resynced.
+        // A restore bumps the generation and posts a time sync: the clock is resynced, once.
         state.bump_generation();
         assert_eq!(watch_round(&mut d, &mut os, &mut st, i).unwrap(), None);
-        assert_eq!((st.generation, st.syncs), (1, 2));
+        assert_eq!((st.generation, st.syncs), (1, 1));
+        assert_eq!(state.pending(), 0, "the posted sync was taken");
+        // A time sync the host posts on its own is done.
+        state.post(RequestKind::TimeSync).unwrap();
+        assert_eq!(watch_round(&mut d, &mut os, &mut st, i).unwrap(), None);
+        assert_eq!(st.syncs, 2);
         state.post(RequestKind::PowerOff { code: 7 }).unwrap();
         assert_eq!(
             watch_round(&mut d, &mut os, &mut st, i).unwrap(),
