@@ -2,12 +2,14 @@
 //! puts on the transmit queue go to the tap. Runs on the device event loop.
 
 use super::config::{config_space, FEATURES};
+use super::tx_ring::{TxRing, BATCH};
 use super::{MacAddr, Tap, HDR_LEN, MAX_BUFFER};
 use crate::virtio::persist::{self, PersistError};
 use crate::virtio::{read_config_bytes, ActivateError, Interrupt, VirtioDevice, TYPE_NET};
 use crate::GuestRam;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::io::ErrorKind;
+use std::ops::Range;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::bitmap::Bitmap;
 use vm_memory::{Bytes, GuestAddress};
@@ -73,6 +75,8 @@ pub struct Net {
     tap_readable: bool,
     /// Writable descriptors of the receive chain being filled.
     rx_descs: Vec<(GuestAddress, usize)>,
+    /// Batched writes to the tap.
+    tx_ring: TxRing,
     stats: NetStats,
     last_error: Option<ChainError>,
 }
@@ -89,6 +93,7 @@ impl Net {
             active: None,
             tap_readable: true,
             rx_descs: Vec::with_capacity(usize::from(QUEUE_SIZE)),
+            tx_ring: TxRing::new(),
             stats: NetStats::default(),
             last_error: None,
         })
@@ -109,6 +114,12 @@ impl Net {
     /// The counters so far.
     pub fn stats(&self) -> NetStats {
         self.stats
+    }
+
+    /// How frames reach the tap (tests of both ways).
+    #[cfg(test)]
+    pub(crate) fn tx_ring_mut(&mut self) -> &mut TxRing {
+        &mut self.tx_ring
     }
 
     /// The last malformed chain seen.
@@ -209,7 +220,7 @@ impl Net {
         }
     }
 
-    /// Write every frame on the transmit queue to the tap.
+    /// Write every frame on the transmit queue to the tap, `BATCH` frames per system call.
     pub fn process_tx(&mut self) {
         let Some(a) = self.active.as_mut() else {
             return;
@@ -219,8 +230,7 @@ impl Net {
         let mut rechecked = false;
         // No kicks needed while the device is draining the queue anyway.
         let _ = a.queues[TX].disable_notification(&a.mem);
-        // The frame being sent: our zeroed header, then the guest's buffers (no copy).
-        let mut iov: Vec<libc::iovec> = Vec::with_capacity(8);
+        let mut batch = TxBatch::default();
         for n in 0.. {
             if n == BUDGET {
                 more = true; // notifications stay off: the self-kick below continues
@@ -235,24 +245,28 @@ impl Net {
             };
             rechecked = false;
             let head = chain.head_index();
-            match gather(&a.mem, chain, &mut iov) {
+            let start = batch.iov.len();
+            match gather(&a.mem, chain, &mut batch.iov) {
                 Ok(_) => {
-                    // SAFETY: `gather` made every iovec but the first (our zeroed header) from
-                    // guest RAM slices it checked, which stay mapped while `a.mem` lives.
-                    match unsafe { self.tap.write_frame_iov(&iov) } {
-                        Ok(_) => self.stats.tx_frames += 1,
-                        Err(_) => self.stats.tx_dropped += 1,
-                    }
+                    batch.frames.push(start..batch.iov.len());
+                    batch.heads.push((head, true));
                 }
                 Err(e) => {
+                    batch.iov.truncate(start);
+                    batch.heads.push((head, false));
                     self.stats.bad_chains += 1;
                     self.last_error = Some(e);
                 }
             }
-            if q.add_used(&a.mem, head, 0).is_err() {
-                break; // the used ring is outside guest memory: the driver broke the queue
+            if batch.heads.len() == BATCH {
+                match batch.flush(&mut self.tx_ring, &mut self.tap, a, &mut self.stats) {
+                    Some(k) => used += k,
+                    None => break, // the used ring is outside guest memory: the driver broke it
+                }
             }
-            used += 1;
+        }
+        if let Some(k) = batch.flush(&mut self.tx_ring, &mut self.tap, a, &mut self.stats) {
+            used += k;
         }
         if used > 0 {
             notify(&a.mem, &mut a.queues[TX], &a.interrupt);
@@ -260,6 +274,50 @@ impl Net {
         if more {
             let _ = self.evts[TX].write(1);
         }
+    }
+}
+
+/// Transmit chains taken off the queue and not yet written: the frames' iovecs back to back (our
+/// zeroed header, then the guest's buffers: no copy), and each chain's head with whether it
+/// holds a frame (a malformed chain is returned unused).
+#[derive(Default)]
+struct TxBatch {
+    iov: Vec<libc::iovec>,
+    frames: Vec<Range<usize>>,
+    heads: Vec<(u16, bool)>,
+    sent: Vec<bool>,
+}
+
+impl TxBatch {
+    /// Write the frames, then return every chain to the driver, in order; how many were
+    /// returned (None: the used ring is broken).
+    fn flush(
+        &mut self,
+        ring: &mut TxRing,
+        tap: &mut Tap,
+        a: &mut Active,
+        stats: &mut NetStats,
+    ) -> Option<usize> {
+        // SAFETY: `gather` made every iovec but the headers (`ZERO_HEADER`, static) from guest
+        // RAM slices it checked, which stay mapped while `a.mem` lives; the chains are only
+        // returned to the driver below, after every write completed.
+        unsafe { ring.write(tap, &self.iov, &self.frames, &mut self.sent) };
+        let ok = self.sent.iter().filter(|&&s| s).count() as u64;
+        stats.tx_frames += ok;
+        stats.tx_dropped += self.sent.len() as u64 - ok;
+        let mut used = 0;
+        let mut broken = false;
+        for &(head, _) in &self.heads {
+            if a.queues[TX].add_used(&a.mem, head, 0).is_err() {
+                broken = true;
+                break;
+            }
+            used += 1;
+        }
+        self.iov.clear();
+        self.frames.clear();
+        self.heads.clear();
+        (!broken).then_some(used)
     }
 }
 
@@ -291,14 +349,14 @@ fn notify(mem: &GuestRam, q: &mut Queue, interrupt: &Interrupt) {
 /// put in flags and GSO fields is not passed to the host kernel.
 static ZERO_HEADER: [u8; HDR_LEN] = [0; HDR_LEN];
 
-/// Host iovecs for a transmit chain (header and frame, all device-readable), the header replaced
-/// by `ZERO_HEADER`; returns the length, header included. Nothing is copied.
+/// Append the host iovecs of a transmit chain (header and frame, all device-readable) to `iov`,
+/// the header replaced by `ZERO_HEADER`; returns the length, header included. Nothing is copied.
+/// On an error some iovecs may have been appended.
 fn gather(
     mem: &GuestRam,
     chain: DescriptorChain<&GuestRam>,
     iov: &mut Vec<libc::iovec>,
 ) -> Result<usize, ChainError> {
-    iov.clear();
     iov.push(libc::iovec {
         iov_base: ZERO_HEADER.as_ptr() as *mut libc::c_void,
         iov_len: HDR_LEN,

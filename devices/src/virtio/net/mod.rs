@@ -1,4 +1,5 @@
-//! virtio-net over a host tap device: the tap, the MAC address, the config space, the device.
+//! virtio-net over a host tap device: the tap, the MAC address, the config space, the device,
+//! batched transmit.
 
 pub mod config;
 pub mod device;
@@ -6,6 +7,7 @@ pub mod mac;
 pub mod tap;
 #[cfg(test)]
 mod tests;
+pub mod tx_ring;
 
 pub use device::Net;
 pub use mac::MacAddr;
