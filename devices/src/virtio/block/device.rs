@@ -4,7 +4,7 @@
 
 use super::backend::{BackendError, RawFile};
 use super::request::{parse, Kind, Request};
-use super::worker::{Job, Pool};
+use super::worker::{Job, JobOp, Pool};
 use super::{
     F_FLUSH, F_RO, F_SEG_MAX, F_SIZE_MAX, ID_BYTES, SECTOR_SIZE, SEG_MAX, SIZE_MAX, S_IOERR, S_OK,
 };
@@ -294,8 +294,9 @@ fn serve(
         Err(e) => (e.status(), 0),
         Ok(()) => match execute(mem, ctx, req, iov) {
             Some(done) => done,
-            // A read the page cache cannot serve goes to the worker threads (several disk reads
-            // then run at once, and the event loop does not wait for the disk).
+            // A read the page cache cannot serve, or a flush, goes to the worker threads
+            // (several disk reads then run at once, and the event loop does not wait for the
+            // disk).
             None => match hand_off(mem, ctx, head, status_addr, req) {
                 Ok(()) => return None,
                 Err(()) => (S_IOERR, 0),
@@ -314,7 +315,7 @@ fn finish(mem: &GuestRam, status_addr: GuestAddress, status: u8, written: u32) -
     (written.saturating_add(1), status == S_OK)
 }
 
-/// Gives a large read or write to the worker threads.
+/// Gives a read the page cache cannot serve, or a flush, to the worker threads.
 fn hand_off(
     mem: &GuestRam,
     ctx: &Ctx,
@@ -322,19 +323,22 @@ fn hand_off(
     status_addr: GuestAddress,
     req: &Request,
 ) -> Result<(), ()> {
-    let read = match req.kind {
-        Some(Kind::Read) => true,
-        Some(Kind::Write) => false,
+    let op = match req.kind {
+        Some(Kind::Read) => JobOp::Read,
+        Some(Kind::Write) => JobOp::Write,
+        Some(Kind::Flush) => JobOp::Flush,
         _ => return Err(()),
     };
     let mut iov = Vec::with_capacity(req.segments.len());
-    guest_iovecs(mem, req, &mut iov).map_err(|_| ())?;
+    if op != JobOp::Flush {
+        guest_iovecs(mem, req, &mut iov).map_err(|_| ())?;
+    }
     let job = Job {
         head,
         status_addr,
-        used_len: if read { req.len as u32 } else { 0 },
+        used_len: if op == JobOp::Read { req.len as u32 } else { 0 },
         generation: ctx.generation,
-        read,
+        op,
         offset: req.sector * SECTOR_SIZE, // range checked by `parse`
         iov,
         segments: req.segments.clone(),
@@ -348,8 +352,10 @@ fn hand_off(
 }
 
 /// Performs a validated request on the event loop; returns the status and the bytes written
-/// into guest memory, or None for a read the page cache cannot serve (see `hand_off`). Writes
-/// and flushes run here: the page cache takes buffered writes without waiting for the disk.
+/// into guest memory, or None for a read the page cache cannot serve and for a flush (see
+/// `hand_off`). Writes run here: the page cache takes buffered writes without waiting for the
+/// disk. A flush waits for the disk, so it runs on a worker and the loop (and every other device
+/// on it) goes on; it covers every write completed before it, which is all a driver may rely on.
 fn execute(
     mem: &GuestRam,
     ctx: &Ctx,
@@ -379,10 +385,9 @@ fn execute(
                 Err(_) => (S_IOERR, 0),
             }
         }
-        Some(Kind::Flush) => match backend.flush() {
-            Ok(()) => (S_OK, 0),
-            Err(_) => (S_IOERR, 0),
-        },
+        // Nothing to make durable on a read-only disk.
+        Some(Kind::Flush) if backend.read_only() => (S_OK, 0),
+        Some(Kind::Flush) => return None,
         Some(Kind::GetId) => {
             let mut left = &id[..req.len as usize]; // len <= ID_BYTES (parse)
             let mut written = 0;

@@ -1,6 +1,6 @@
-//! I/O worker threads: reads that must wait for the disk (the page cache cannot serve them) run
-//! here, several at once, off the device event loop, which serves everything else inline and
-//! completes these when a worker reports back.
+//! I/O worker threads: reads that must wait for the disk (the page cache cannot serve them) and
+//! flushes run here, several at once, off the device event loop, which serves everything else
+//! inline and completes these when a worker reports back.
 
 use super::backend::RawFile;
 use super::request::Segment;
@@ -14,7 +14,16 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 /// Worker threads per disk.
 pub const WORKERS: usize = 4;
 
-/// A read or write handed to a worker.
+/// What a job does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobOp {
+    Read,
+    Write,
+    /// Make every write completed so far durable (`fdatasync`: it waits for the disk).
+    Flush,
+}
+
+/// A read, write or flush handed to a worker.
 pub struct Job {
     /// Chain head, status byte address, used length on success: handed back in `Done`.
     pub head: u16,
@@ -22,7 +31,7 @@ pub struct Job {
     pub used_len: u32,
     /// Queue generation when submitted (completions of an older generation are dropped).
     pub generation: u64,
-    pub read: bool,
+    pub op: JobOp,
     pub offset: u64,
     /// Host buffers inside guest RAM (from `GuestRam` slices).
     pub iov: Vec<libc::iovec>,
@@ -115,12 +124,12 @@ fn work(rx: &Mutex<Receiver<Job>>, done: &Mutex<Vec<Done>>, evt: &EventFd, backe
             Err(_) => return,
         };
         let mut iov = job.iov;
-        let r = if job.read {
-            backend.read_at(&mut iov, job.offset)
-        } else {
-            backend.write_at(&mut iov, job.offset)
+        let r = match job.op {
+            JobOp::Read => backend.read_at(&mut iov, job.offset),
+            JobOp::Write => backend.write_at(&mut iov, job.offset),
+            JobOp::Flush => backend.flush(),
         };
-        if job.read && r.is_ok() {
+        if job.op == JobOp::Read && r.is_ok() {
             for seg in &job.segments {
                 for slice in
                     GuestMemoryBackend::get_slices(&job.mem, seg.addr, seg.len as usize).flatten()
