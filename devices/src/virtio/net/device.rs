@@ -201,6 +201,11 @@ impl Net {
                     if len > room {
                         self.stats.rx_dropped += 1;
                     }
+                    if len == 0 {
+                        // End of file (a packet socket whose peer is gone): nothing will come.
+                        self.tap_readable = false;
+                        break;
+                    }
                 }
                 Err(e) => {
                     q.set_next_avail(q.next_avail().wrapping_sub(1));
@@ -249,11 +254,11 @@ impl Net {
             match gather(&a.mem, chain, &mut batch.iov) {
                 Ok(_) => {
                     batch.frames.push(start..batch.iov.len());
-                    batch.heads.push((head, true));
+                    batch.heads.push(head);
                 }
                 Err(e) => {
                     batch.iov.truncate(start);
-                    batch.heads.push((head, false));
+                    batch.heads.push(head);
                     self.stats.bad_chains += 1;
                     self.last_error = Some(e);
                 }
@@ -278,13 +283,13 @@ impl Net {
 }
 
 /// Transmit chains taken off the queue and not yet written: the frames' iovecs back to back (our
-/// zeroed header, then the guest's buffers: no copy), and each chain's head with whether it
-/// holds a frame (a malformed chain is returned unused).
+/// zeroed header, then the guest's buffers: no copy), and every chain's head in queue order
+/// (a malformed chain has no frame and is returned unused).
 #[derive(Default)]
 struct TxBatch {
     iov: Vec<libc::iovec>,
     frames: Vec<Range<usize>>,
-    heads: Vec<(u16, bool)>,
+    heads: Vec<u16>,
     sent: Vec<bool>,
 }
 
@@ -307,7 +312,7 @@ impl TxBatch {
         stats.tx_dropped += self.sent.len() as u64 - ok;
         let mut used = 0;
         let mut broken = false;
-        for &(head, _) in &self.heads {
+        for &head in &self.heads {
             if a.queues[TX].add_used(&a.mem, head, 0).is_err() {
                 broken = true;
                 break;

@@ -171,14 +171,8 @@ impl Tap {
     /// # Safety
     /// Every iovec must describe memory writable for its `iov_len` bytes during the call.
     pub unsafe fn read_frame_iov(&mut self, iov: &[libc::iovec]) -> std::io::Result<usize> {
-        let cnt = libc::c_int::try_from(iov.len())
-            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-        // SAFETY: the caller vouches for the buffers; the fd is ours; readv only writes them.
-        let n = unsafe { libc::readv(self.file.as_raw_fd(), iov.as_ptr(), cnt) };
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(n as usize)
+        // SAFETY: passed on from the caller; readv only writes the buffers.
+        unsafe { self.vectored(iov, libc::readv) }
     }
 
     /// Write one frame (header included) gathered from `iov`, with one system call.
@@ -186,10 +180,23 @@ impl Tap {
     /// # Safety
     /// Every iovec must describe memory readable for its `iov_len` bytes during the call.
     pub unsafe fn write_frame_iov(&mut self, iov: &[libc::iovec]) -> std::io::Result<usize> {
+        // SAFETY: passed on from the caller; writev only reads the buffers.
+        unsafe { self.vectored(iov, libc::writev) }
+    }
+
+    /// `readv` or `writev` on the tap.
+    ///
+    /// # Safety
+    /// Every iovec must describe memory `op` may access for its `iov_len` bytes during the call.
+    unsafe fn vectored(
+        &mut self,
+        iov: &[libc::iovec],
+        op: unsafe extern "C" fn(libc::c_int, *const libc::iovec, libc::c_int) -> libc::ssize_t,
+    ) -> std::io::Result<usize> {
         let cnt = libc::c_int::try_from(iov.len())
             .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-        // SAFETY: the caller vouches for the buffers; the fd is ours; writev only reads them.
-        let n = unsafe { libc::writev(self.file.as_raw_fd(), iov.as_ptr(), cnt) };
+        // SAFETY: the caller vouches for the buffers; the fd is ours.
+        let n = unsafe { op(self.file.as_raw_fd(), iov.as_ptr(), cnt) };
         if n < 0 {
             return Err(std::io::Error::last_os_error());
         }

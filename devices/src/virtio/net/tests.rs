@@ -159,28 +159,34 @@ fn transmit_a_full_queue(r: &mut Rig, txq: &MockSplitQueue<GuestRam>) {
     );
 }
 
-#[test]
-fn a_full_queue_goes_out_in_batches_through_io_uring() {
+/// `transmit_a_full_queue` on a device with a 256-entry transmit queue, through `ring` if given;
+/// returns whether the device used io_uring.
+fn transmit_a_full_queue_with(ring: Option<TxRing>) -> bool {
     let mem = memory();
     let rxq = MockSplitQueue::create(&mem, GuestAddress(0x1000), 16);
     let txq = MockSplitQueue::create(&mem, GuestAddress(0x4000), 256);
     let mut r = rig(&mem, &rxq, &txq);
+    if let Some(ring) = ring {
+        *r.net.tx_ring_mut() = ring;
+    }
     transmit_a_full_queue(&mut r, &txq);
+    r.net.tx_ring_mut().uses_io_uring()
+}
+
+#[test]
+fn a_full_queue_goes_out_in_batches_through_io_uring() {
+    let used_io_uring = transmit_a_full_queue_with(None);
     // Where this kernel lets a process make an io_uring, the device used one.
     if io_uring::IoUring::new(4).is_ok() {
-        assert!(r.net.tx_ring_mut().uses_io_uring());
+        assert!(used_io_uring);
     }
 }
 
 #[test]
 fn a_full_queue_goes_out_with_plain_writes_without_io_uring() {
-    let mem = memory();
-    let rxq = MockSplitQueue::create(&mem, GuestAddress(0x1000), 16);
-    let txq = MockSplitQueue::create(&mem, GuestAddress(0x4000), 256);
-    let mut r = rig(&mem, &rxq, &txq);
-    *r.net.tx_ring_mut() = TxRing::without_io_uring();
-    transmit_a_full_queue(&mut r, &txq);
-    assert!(!r.net.tx_ring_mut().uses_io_uring());
+    assert!(!transmit_a_full_queue_with(
+        Some(TxRing::without_io_uring())
+    ));
 }
 
 #[test]
@@ -425,5 +431,23 @@ fn received_frames_mark_the_pages_they_land_in_dirty() {
         hdr,
         [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0],
         "our header over the tap's"
+    );
+}
+
+#[test]
+fn a_tap_at_end_of_file_is_left_alone_instead_of_polled() {
+    let mem = memory();
+    let rxq = MockSplitQueue::create(&mem, GuestAddress(0x1000), 16);
+    let txq = MockSplitQueue::create(&mem, GuestAddress(0x4000), 16);
+    let Rig { mut net, peer, .. } = rig(&mem, &rxq, &txq);
+    let rx_evt = net.queue_evts().unwrap().remove(0);
+    rxq.add_desc_chains(&[desc(BUF, 2048, F_WRITE, 0)], 0)
+        .unwrap();
+    drop(peer); // reads now return 0 bytes, forever
+    net.tap_ready();
+    assert!(used(&rxq).is_empty(), "the buffer stays the guest's");
+    assert!(
+        rx_evt.read().is_err(),
+        "the device kicked itself to read an empty tap again"
     );
 }
