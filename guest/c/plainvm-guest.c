@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
@@ -65,6 +66,8 @@ static const char *describe(uint32_t status)
     }
 }
 
+static int lock_fd = -1;
+
 static uint32_t rd(unsigned off) { return page[off / 4]; }
 static void wr(unsigned off, uint32_t v) { page[off / 4] = v; }
 
@@ -78,7 +81,8 @@ static void open_device(void)
         exit(1);
     }
     void *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)HC_BASE);
-    close(fd);
+    /* Kept open: each call holds flock on it (see hc). */
+    lock_fd = fd;
     if (p == MAP_FAILED) {
         fprintf(stderr, "plainvm-guest: cannot map the hypercall page at %#llx: %s\n",
                 HC_BASE, strerror(errno));
@@ -92,9 +96,13 @@ static void open_device(void)
     }
 }
 
-/* Run call nr; returns the status, results in ret (may be NULL). */
+/* Run call nr; returns the status, results in ret (may be NULL). The registers are shared by the
+ * whole guest (the `watch` agent and one-shot commands run at once), so a call holds an exclusive
+ * flock on /dev/mem from its first write to its last read. */
 static uint32_t hc(uint32_t nr, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t ret[4])
 {
+    while (flock(lock_fd, LOCK_EX) < 0 && errno == EINTR)
+        ;
     wr(R_ARG0, a0);
     wr(R_ARG0 + 4, a1);
     wr(R_ARG0 + 8, a2);
@@ -104,6 +112,7 @@ static uint32_t hc(uint32_t nr, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t 
     if (ret)
         for (int i = 0; i < 4; i++)
             ret[i] = s == 0 ? rd(R_RET0 + 4 * i) : 0;
+    flock(lock_fd, LOCK_UN);
     return s;
 }
 

@@ -13,9 +13,11 @@ pub enum DeviceError {
     Missing,
 }
 
-/// The mapped page.
+/// The mapped page, and /dev/mem kept open: other helper processes (the `watch` agent and a
+/// one-shot command) use the same registers, and a call holds `flock` on it.
 pub struct DevMem {
     page: *mut u32,
+    fd: libc::c_int,
 }
 
 impl DevMem {
@@ -38,19 +40,40 @@ impl DevMem {
                 BASE as libc::off_t,
             )
         };
-        let err = std::io::Error::last_os_error();
-        // SAFETY: fd is ours; the mapping stays valid after closing it.
-        unsafe { libc::close(fd) };
         if p == libc::MAP_FAILED {
+            let err = std::io::Error::last_os_error();
+            // SAFETY: fd is ours and used nowhere else.
+            unsafe { libc::close(fd) };
             return Err(DeviceError::Map(err));
         }
-        let mut dev = Self { page: p.cast() };
+        let mut dev = Self { page: p.cast(), fd };
         probe(&mut dev).map_err(|_| DeviceError::Missing)?;
         Ok(dev)
     }
 }
 
+impl Drop for DevMem {
+    fn drop(&mut self) {
+        // SAFETY: fd is ours; the mapping stays valid after closing it.
+        unsafe { libc::close(self.fd) };
+    }
+}
+
+/// `flock(fd, op)`, retried when a signal interrupts it.
+fn flock(fd: libc::c_int, op: libc::c_int) {
+    // SAFETY: flock takes a descriptor we own and an operation; no memory is passed.
+    while unsafe { libc::flock(fd, op) } < 0
+        && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+    {}
+}
+
 impl Registers for DevMem {
+    fn lock(&mut self) {
+        flock(self.fd, libc::LOCK_EX);
+    }
+    fn unlock(&mut self) {
+        flock(self.fd, libc::LOCK_UN);
+    }
     fn read32(&mut self, offset: u64) -> u32 {
         // SAFETY: offset is a register offset inside the mapped page (callers use regs::*).
         unsafe {

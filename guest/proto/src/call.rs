@@ -8,6 +8,11 @@ pub trait Registers {
     fn read32(&mut self, offset: u64) -> u32;
     /// Write `value` to the register at `offset`.
     fn write32(&mut self, offset: u64, value: u32);
+    /// Called before a call's register sequence: the register block is shared by the whole guest,
+    /// so an accessor that other processes or CPUs may use at the same time takes a lock here.
+    fn lock(&mut self) {}
+    /// Called after the call's results were read.
+    fn unlock(&mut self) {}
 }
 
 /// A non-OK status, or a missing device.
@@ -45,14 +50,17 @@ pub fn probe<R: Registers>(r: &mut R) -> Result<u32, Error> {
 
 /// Run call `nr` with `args`; returns RET0..RET3 or the status.
 pub fn call<R: Registers>(r: &mut R, nr: u32, args: [u32; 4]) -> Result<[u32; 4], Error> {
+    r.lock();
     for (off, a) in regs::ARG.iter().zip(args) {
         r.write32(*off, a);
     }
     r.write32(regs::CALL, nr);
-    match r.read32(regs::STATUS) {
+    let out = match r.read32(regs::STATUS) {
         status::OK => Ok(regs::RET.map(|off| r.read32(off))),
         s => Err(Error::Status(s)),
-    }
+    };
+    r.unlock();
+    out
 }
 
 /// Split a 64-bit value into (low, high) 32-bit halves.
@@ -74,10 +82,24 @@ mod tests {
         args: [u32; 4],
         status: u32,
         ret: [u32; 4],
+        /// Held between `lock` and `unlock`; every register access must happen while held.
+        locked: bool,
+        unlocked_accesses: u32,
     }
 
     impl Registers for Fake {
+        fn lock(&mut self) {
+            assert!(!self.locked, "locked twice");
+            self.locked = true;
+        }
+        fn unlock(&mut self) {
+            assert!(self.locked, "unlocked without a lock");
+            self.locked = false;
+        }
         fn read32(&mut self, offset: u64) -> u32 {
+            if !self.locked && offset != regs::MAGIC && offset != regs::VERSION {
+                self.unlocked_accesses += 1;
+            }
             match offset {
                 regs::MAGIC => crate::MAGIC,
                 regs::VERSION => crate::VERSION,
@@ -89,6 +111,9 @@ mod tests {
             }
         }
         fn write32(&mut self, offset: u64, value: u32) {
+            if !self.locked {
+                self.unlocked_accesses += 1;
+            }
             if let Some(i) = regs::ARG.iter().position(|&r| r == offset) {
                 self.args[i] = value;
             } else if offset == regs::CALL {
@@ -108,6 +133,8 @@ mod tests {
             args: [0; 4],
             status: 0,
             ret: [0; 4],
+            locked: false,
+            unlocked_accesses: 0,
         };
         assert_eq!(probe(&mut f), Ok(crate::VERSION));
         assert_eq!(call(&mut f, 7, [41, 0, 0, 0]), Ok([42, 0, 0, 0]));
@@ -119,6 +146,9 @@ mod tests {
             Error::Status(status::UNKNOWN_CALL).describe(),
             "unknown call"
         );
+        // Each call's whole register sequence ran under the accessor's lock, and let it go.
+        assert_eq!(f.unlocked_accesses, 0);
+        assert!(!f.locked);
     }
 
     #[test]
