@@ -185,7 +185,7 @@ fn linux_reaches_userspace_and_powers_off() {
     assert_eq!(o.status, Some(0), "{}", o.dump());
     assert!(o.stdout.contains("GUEST-INIT-REACHED"), "{}", o.dump());
     assert!(o.stdout.contains("GUEST-POWEROFF"), "{}", o.dump());
-    if plainvm::cpuid::host_emulates_ring0() {
+    if plainvm::vcpu::cpuid::host_emulates_ring0() {
         assert!(
             !o.stderr
                 .contains("int3 emulation failures answered with #BP: 0"),

@@ -44,7 +44,7 @@ fn truncated_bzimage_is_refused() {
 fn emulation_failure_reports_rip_and_instruction_bytes() {
     let cmpxchg16b_rsi = [0x48, 0x0f, 0xc7, 0x0e];
     let o = boot("emu", payload::elf(&payload::code("EMU", &cmpxchg16b_rsi)));
-    if !plainvm::cpuid::host_emulates_ring0() {
+    if !plainvm::vcpu::cpuid::host_emulates_ring0() {
         // Hardware virtualization runs it; the guest then resets normally.
         assert_eq!(o.status, Some(0), "{}", o.dump());
         return;

@@ -265,7 +265,7 @@ fn cpu_affinity_pins_each_vcpu_thread_and_bad_lists_are_refused() {
     assert!(o.stderr.contains("invalid --memory"), "{}", o.dump());
 
     // Two host CPUs if this process may use them, else the one it has for both threads' list.
-    let allowed = plainvm::cpu_affinity::allowed();
+    let allowed = plainvm::config::cpu_list::allowed();
     let (list, want) = match allowed.as_slice() {
         [a, b, ..] => (format!("{b},{a}"), [*b, *a]),
         [a] => (format!("{a}"), [*a, *a]),

@@ -195,7 +195,7 @@ fn corrupt_truncated_and_foreign_snapshots_are_refused() {
     copy_snapshot(&snap, &bad);
     let mut st = plainvm::snapshot::load_state(&snap).unwrap();
     let kvm = kvm_ioctls::Kvm::new().unwrap();
-    let host = plainvm::cpuid::supported(&kvm).unwrap();
+    let host = plainvm::vcpu::cpuid::supported(&kvm).unwrap();
     let leaf7 = host
         .as_slice()
         .iter()

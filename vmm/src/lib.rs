@@ -1,33 +1,13 @@
 //! plainvm: a small virtual machine monitor on Linux KVM.
 
 pub mod api;
-pub mod balloon;
 pub mod boot;
+pub mod cli;
 pub mod config;
-pub mod console;
-pub mod controller;
-pub mod cpu_affinity;
-pub mod cpuid;
-pub mod disks;
-pub mod emulation;
-pub mod exit;
-pub mod heap;
-pub mod hypercall;
-pub mod ksm;
-pub mod loop_gate;
-pub mod manage;
+pub mod device_manager;
+pub mod host;
 pub mod memory;
-pub mod memory_slots;
 pub mod migration;
-pub mod overrides;
-pub mod registry;
 pub mod snapshot;
-pub mod terminal;
 pub mod vcpu;
-pub mod vcpu_control;
-pub mod vcpu_state;
-pub mod virtio_devices;
 pub mod vm;
-pub mod vm_actions;
-pub mod vm_state;
-pub mod vsock;

@@ -1,11 +1,9 @@
 //! The `plainvm` command line: parse flags, run the VM, turn the outcome into an exit status.
 
-mod migrate_cmd;
-
 use clap::{Args, Parser, Subcommand};
 use plainvm::api::client::request;
 use plainvm::config::{CpuTemplate, FileConfig};
-use plainvm::exit::ExitReason;
+use plainvm::host::exit::ExitReason;
 use plainvm::vm::{Restore, RestoreMemory, RunOptions, RunResult};
 use serde_json::{json, Value};
 use std::io::Write;
@@ -84,10 +82,10 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
         #[command(flatten)]
-        opts: migrate_cmd::MigrateArgs,
+        opts: plainvm::cli::migrate::MigrateArgs,
     },
     /// Wait for a live migration and run the incoming VM.
-    Receive(migrate_cmd::ReceiveArgs),
+    Receive(plainvm::cli::migrate::ReceiveArgs),
     /// Write the bundled test guest ELF to a file (to run it elsewhere, e.g. under QEMU).
     ExportTestguest {
         /// Where to write the ELF.
@@ -111,8 +109,8 @@ struct ApiArgs {
 }
 
 impl ApiArgs {
-    fn target(&self) -> plainvm::manage::Target<'_> {
-        plainvm::manage::Target {
+    fn target(&self) -> plainvm::cli::fleet::Target<'_> {
+        plainvm::cli::fleet::Target {
             name: self.name.as_deref(),
             name_flag: self.name_flag.as_deref(),
             api_sock: self.api_sock.as_deref(),
@@ -211,7 +209,7 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let start = Instant::now();
-    plainvm::heap::use_one_arena();
+    plainvm::host::heap::use_one_arena();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args, start),
@@ -226,14 +224,14 @@ fn main() -> ExitCode {
             .sock("info")
             .and_then(|s| api_call(&s, "GET", "/vm", None)),
         Command::Ls { json } => {
-            let _ = write!(std::io::stdout(), "{}", plainvm::manage::ls(json));
+            let _ = write!(std::io::stdout(), "{}", plainvm::cli::fleet::ls(json));
             Ok(0)
         }
         Command::Stop { api, timeout_s } => {
-            plainvm::manage::stop(&api.target(), Duration::from_secs(timeout_s))
+            plainvm::cli::fleet::stop(&api.target(), Duration::from_secs(timeout_s))
                 .map_err(|e| e.to_string())
         }
-        Command::Kill(a) => plainvm::manage::kill(&a.target()).map_err(|e| e.to_string()),
+        Command::Kill(a) => plainvm::cli::fleet::kill(&a.target()).map_err(|e| e.to_string()),
         Command::Balloon {
             words,
             name_flag,
@@ -244,12 +242,12 @@ fn main() -> ExitCode {
                 [size] => (None, size),
                 _ => unreachable!("clap takes one or two words"),
             };
-            let t = plainvm::manage::Target {
+            let t = plainvm::cli::fleet::Target {
                 name,
                 name_flag: name_flag.as_deref(),
                 api_sock: api_sock.as_deref(),
             };
-            plainvm::manage::balloon(&t, size)
+            plainvm::cli::fleet::balloon(&t, size)
                 .map(|v| {
                     println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
                     0
@@ -270,8 +268,8 @@ fn main() -> ExitCode {
         }
         Command::Migrate { api, opts } => api
             .sock("migrate")
-            .and_then(|sock| migrate_cmd::migrate(&sock, &opts)),
-        Command::Receive(args) => migrate_cmd::run_receive(args),
+            .and_then(|sock| plainvm::cli::migrate::migrate(&sock, &opts)),
+        Command::Receive(args) => plainvm::cli::migrate::run_receive(args),
         Command::ExportTestguest { out } => std::fs::write(&out, plainvm::boot::DEFAULT_GUEST)
             .map(|_| 0)
             .map_err(|e| format!("cannot write {}: {e}", out.display())),
@@ -314,7 +312,7 @@ fn run(args: RunArgs, start: Instant) -> Result<i32, String> {
             false => Some(
                 args.disk
                     .iter()
-                    .map(|s| plainvm::disks::parse_disk(s))
+                    .map(|s| plainvm::device_manager::disk::parse_disk(s))
                     .collect::<Result<_, _>>()
                     .map_err(|e| e.to_string())?,
             ),
@@ -322,13 +320,13 @@ fn run(args: RunArgs, start: Instant) -> Result<i32, String> {
         vsock: args
             .vsock
             .as_deref()
-            .map(plainvm::vsock::parse_vsock)
+            .map(plainvm::device_manager::vsock::parse_vsock)
             .transpose()
             .map_err(|e| e.to_string())?,
         balloon: args
             .balloon
             .as_deref()
-            .map(plainvm::balloon::parse_balloon)
+            .map(plainvm::device_manager::balloon::parse_balloon)
             .transpose()
             .map_err(|e| e.to_string())?,
     };
@@ -348,8 +346,8 @@ fn run(args: RunArgs, start: Instant) -> Result<i32, String> {
 
 fn restore(args: RestoreArgs, start: Instant) -> Result<i32, String> {
     let state = plainvm::snapshot::load_state(&args.dir).map_err(|e| e.to_string())?;
-    plainvm::cpuid::check_restorable(&state).map_err(|e| e.to_string())?;
-    let cfg = plainvm::overrides::Overrides::parse(&args.set)
+    plainvm::vcpu::cpuid::check_restorable(&state).map_err(|e| e.to_string())?;
+    let cfg = plainvm::config::overrides::Overrides::parse(&args.set)
         .and_then(|o| o.apply(state.config.clone()))
         .map_err(|e| e.to_string())?;
     let reg = register(args.name.as_deref(), args.api_sock.as_deref(), &cfg)?;
@@ -385,8 +383,8 @@ fn register(
     name: Option<&str>,
     api_sock: Option<&Path>,
     cfg: &plainvm::config::VmConfig,
-) -> Result<Option<plainvm::registry::Registration>, String> {
-    plainvm::registry::register(name, api_sock, cfg).map_err(|e| e.to_string())
+) -> Result<Option<plainvm::host::registry::Registration>, String> {
+    plainvm::host::registry::register(name, api_sock, cfg).map_err(|e| e.to_string())
 }
 
 /// One API request; prints the JSON answer.
@@ -416,11 +414,13 @@ fn report(out: RunResult, verbose: bool, start: Instant) -> Result<i32, String> 
                 us % 1000
             );
         }
-        for line in plainvm::hypercall::mark_report(&out.hypercall, start, out.vcpu_start) {
+        for line in
+            plainvm::device_manager::hypercall::mark_report(&out.hypercall, start, out.vcpu_start)
+        {
             eprintln!("plainvm: {line}");
         }
-        let bp =
-            plainvm::emulation::BREAKPOINTS_INJECTED.load(std::sync::atomic::Ordering::Relaxed);
+        let bp = plainvm::vcpu::emulation::BREAKPOINTS_INJECTED
+            .load(std::sync::atomic::Ordering::Relaxed);
         eprintln!("plainvm: int3 emulation failures answered with #BP: {bp}");
         eprintln!("plainvm: ran for {} ms", start.elapsed().as_millis());
     }

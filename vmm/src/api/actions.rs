@@ -1,8 +1,8 @@
 //! API resources for lifecycle actions: `PUT /actions {"action": "stop"|"kill"}` and
 //! `PATCH /balloon {"amount_mib": N}`.
 
-use crate::controller::VmController;
-use crate::vm_actions::ActionError;
+use crate::vm::actions::ActionError;
+use crate::vm::controller::VmController;
 use serde_json::{json, Value};
 use tiny_http::Method;
 

@@ -1,8 +1,8 @@
 //! `PUT /migrate` (start a live migration and wait for its end) and `GET /migrate` (progress).
 
 use super::server::{error, Reply};
-use crate::controller::VmController;
 use crate::migration::sender::{migrate, MigrateOptions};
+use crate::vm::controller::VmController;
 use serde_json::{json, Value};
 use std::time::Duration;
 use tiny_http::Method;

@@ -1,6 +1,6 @@
 //! The API server: one thread answering HTTP requests on the VM's unix socket.
 
-use crate::controller::VmController;
+use crate::vm::controller::VmController;
 use serde_json::{json, Value};
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! Auto-converge: when the guest dirties memory faster than the link sends it, take a growing
 //! share of every period away from its vCPUs.
 
-use crate::vcpu_control::VcpuControl;
+use crate::vcpu::control::VcpuControl;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;

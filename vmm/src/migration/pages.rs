@@ -1,6 +1,6 @@
 //! Guest memory as one flat image (regions back to back), and the page batches that carry it.
 
-use crate::memory_slots::DirtyBitmap;
+use crate::memory::slots::DirtyBitmap;
 use plainvm_devices::GuestRam;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 

@@ -4,11 +4,11 @@
 use super::frame::{Channel, FrameError, Kind};
 use super::pages::{MemoryImage, PagesError};
 use super::sender::Hello;
+use crate::config::overrides::Overrides;
 use crate::config::VmConfig;
 use crate::memory::Layout;
-use crate::overrides::Overrides;
+use crate::vm::state::VmState;
 use crate::vm::{Restore, RestoreMemory, RunOptions, RunResult, VmError};
-use crate::vm_state::VmState;
 use bincode::Options;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -30,7 +30,7 @@ pub enum ReceiveError {
     #[error(transparent)]
     Vm(#[from] VmError),
     #[error(transparent)]
-    Registry(#[from] crate::registry::RegistryError),
+    Registry(#[from] crate::host::registry::RegistryError),
 }
 
 /// How to receive.
@@ -69,7 +69,8 @@ pub fn receive(opts: ReceiveOptions) -> Result<RunResult, ReceiveError> {
     let mut ch = Channel::accept(stream, opts.key.as_ref())?;
     let taken = take(&mut ch, &opts.overrides).and_then(|(cfg, state, mem)| {
         // Claimed before the commit: a name taken meanwhile refuses the VM, the source runs on.
-        let reg = crate::registry::register(opts.name.as_deref(), opts.api_sock.as_deref(), &cfg)?;
+        let reg =
+            crate::host::registry::register(opts.name.as_deref(), opts.api_sock.as_deref(), &cfg)?;
         Ok((cfg, state, mem, reg))
     });
     match taken {
@@ -122,7 +123,7 @@ fn take(
     overrides: &Overrides,
 ) -> Result<(VmConfig, VmState, plainvm_devices::GuestRam), ReceiveError> {
     let hello: Hello = decode(&ch.expect(Kind::Hello, "the handshake")?, "handshake")?;
-    crate::cpuid::check_cpuid(&hello.cpuid)
+    crate::vcpu::cpuid::check_cpuid(&hello.cpuid)
         .map_err(|e| ReceiveError::Incompatible(e.to_string()))?;
     let cfg = overrides
         .apply(hello.config)

@@ -3,8 +3,8 @@
 use super::converge::Throttle;
 use super::frame::{Channel, FrameError, Kind};
 use super::pages::{batch_header, MemoryImage, BATCH, PAGE};
-use crate::controller::{ControllerError, VmController};
-use crate::exit::ExitReason;
+use crate::host::exit::ExitReason;
+use crate::vm::controller::{ControllerError, VmController};
 use serde::{Deserialize, Serialize};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};

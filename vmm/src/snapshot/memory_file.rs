@@ -1,7 +1,7 @@
 //! The memory file: guest RAM regions back to back, sparse (zero and untouched pages are holes),
 //! mapped lazily on restore.
 
-use crate::memory_slots::DirtyBitmap;
+use crate::memory::slots::DirtyBitmap;
 use plainvm_devices::GuestRam;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};

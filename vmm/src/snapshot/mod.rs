@@ -3,8 +3,8 @@
 pub mod memory_file;
 pub mod state_file;
 
-use crate::memory_slots::DirtyBitmap;
-use crate::vm_state::VmState;
+use crate::memory::slots::DirtyBitmap;
+use crate::vm::state::VmState;
 use plainvm_devices::GuestRam;
 use std::path::{Path, PathBuf};
 

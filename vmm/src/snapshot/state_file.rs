@@ -1,6 +1,6 @@
 //! The state file: magic, format version, length, the serialized `VmState`, then a CRC-64.
 
-use crate::vm_state::VmState;
+use crate::vm::state::VmState;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 

@@ -1,20 +1,24 @@
 //! A VM: KVM set-up, guest memory, devices on the buses, vCPU threads, and the device event loop.
 
+pub mod actions;
+pub mod controller;
+pub mod state;
+
 use crate::api;
 use crate::boot;
 use crate::config::VmConfig;
-use crate::console::{ConsoleIn, ConsoleOut};
-use crate::controller::{VcpuHandle, VmController};
-use crate::cpuid;
-use crate::exit::{ExitReason, ExitSignal, ResetTrigger};
-use crate::loop_gate::{GateSubscriber, LoopGate};
+use crate::device_manager::loop_gate::{GateSubscriber, LoopGate};
+use crate::device_manager::virtio::{AttachError, EventLoop, VirtioSlots};
+use crate::host::console::{ConsoleIn, ConsoleOut};
+use crate::host::exit::{ExitReason, ExitSignal, ResetTrigger};
+use crate::memory::slots::{MemorySlots, SlotError};
 use crate::memory::Layout;
-use crate::memory_slots::{MemorySlots, SlotError};
 use crate::snapshot::{self, SnapshotError};
+use crate::vcpu::control::{install_kick_handler, ControlError, VcpuControl};
+use crate::vcpu::cpuid;
 use crate::vcpu::{self, Vcpu};
-use crate::vcpu_control::{install_kick_handler, ControlError, VcpuControl};
-use crate::virtio_devices::{AttachError, EventLoop, VirtioSlots};
-use crate::vm_state::{VmState, VmStateError};
+use crate::vm::controller::{VcpuHandle, VmController};
+use crate::vm::state::{VmState, VmStateError};
 use event_manager::{EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::CpuId;
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
@@ -69,17 +73,17 @@ pub enum VmError {
     #[error(transparent)]
     Attach(#[from] AttachError),
     #[error("cannot restore the devices: {0}")]
-    DeviceRestore(#[from] crate::virtio_devices::DeviceRestoreError),
+    DeviceRestore(#[from] crate::device_manager::virtio::DeviceRestoreError),
     #[error(transparent)]
     Tap(#[from] TapError),
     #[error(transparent)]
-    Disk(#[from] crate::disks::DiskError),
+    Disk(#[from] crate::device_manager::disk::DiskError),
     #[error(transparent)]
-    Vsock(#[from] crate::vsock::VsockAttachError),
+    Vsock(#[from] crate::device_manager::vsock::VsockAttachError),
     #[error(transparent)]
-    Balloon(#[from] crate::balloon::BalloonError),
+    Balloon(#[from] crate::device_manager::balloon::BalloonError),
     #[error(transparent)]
-    Hypercall(#[from] crate::hypercall::HypercallError),
+    Hypercall(#[from] crate::device_manager::hypercall::HypercallError),
     #[error(transparent)]
     Control(#[from] ControlError),
     #[error(transparent)]
@@ -87,7 +91,7 @@ pub enum VmError {
     #[error(transparent)]
     Slots(#[from] SlotError),
     #[error(transparent)]
-    VcpuState(#[from] crate::vcpu_state::VcpuStateError),
+    VcpuState(#[from] crate::vcpu::state::VcpuStateError),
     #[error(transparent)]
     VmState(#[from] VmStateError),
     #[error("{0}")]
@@ -97,9 +101,9 @@ pub enum VmError {
     #[error(transparent)]
     Api(#[from] api::server::ApiServerError),
     #[error(transparent)]
-    Ksm(#[from] crate::ksm::KsmError),
+    Ksm(#[from] crate::memory::ksm::KsmError),
     #[error(transparent)]
-    CpuAffinity(#[from] crate::cpu_affinity::AffinityError),
+    CpuAffinity(#[from] crate::config::cpu_list::AffinityError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -113,7 +117,7 @@ pub struct RunResult {
     /// The CPUID template (None for a restored VM, which keeps its saved CPUID).
     pub template: Option<cpuid::Resolved>,
     /// Boot marks, heartbeat and agent state from the hypercall device.
-    pub hypercall: Arc<crate::hypercall::HypercallState>,
+    pub hypercall: Arc<crate::device_manager::hypercall::HypercallState>,
     /// When the vCPUs were started.
     pub vcpu_start: std::time::Instant,
 }
@@ -156,7 +160,7 @@ pub fn run(cfg: &VmConfig, opts: RunOptions) -> Result<RunResult, VmError> {
         _ => layout.create_memory()?,
     };
     if cfg.memory_merge {
-        crate::ksm::mark_mergeable(&mem)?;
+        crate::memory::ksm::mark_mergeable(&mem)?;
     }
     // Memory slots go in before the irqchip: registering them after is ~50x slower on some hosts.
     let slots = MemorySlots::register(&vm, &mem)?;
@@ -187,13 +191,20 @@ pub fn run(cfg: &VmConfig, opts: RunOptions) -> Result<RunResult, VmError> {
         let evts = net.queue_evts().map_err(VmError::EventFd)?;
         virtio.attach(&vm, &mem, &mut mmio, &mut events, net, evts)?;
     }
-    crate::disks::attach_all(&cfg.disks, &vm, &mem, &mut mmio, &mut events, &mut virtio)?;
+    crate::device_manager::disk::attach_all(
+        &cfg.disks,
+        &vm,
+        &mem,
+        &mut mmio,
+        &mut events,
+        &mut virtio,
+    )?;
     if let Some(v) = &cfg.vsock {
-        crate::vsock::attach(v, &vm, &mem, &mut mmio, &mut events, &mut virtio)?;
+        crate::device_manager::vsock::attach(v, &vm, &mem, &mut mmio, &mut events, &mut virtio)?;
     }
-    // The handle that changes the balloon's target (crate::balloon::BalloonControl).
+    // The handle that changes the balloon's target (crate::device_manager::balloon::BalloonControl).
     let balloon = match &cfg.balloon {
-        Some(b) => Some(crate::balloon::attach(
+        Some(b) => Some(crate::device_manager::balloon::attach(
             b,
             cfg.memory_bytes,
             &vm,
@@ -216,7 +227,7 @@ pub fn run(cfg: &VmConfig, opts: RunOptions) -> Result<RunResult, VmError> {
     let exit = Arc::new(ExitSignal::new().map_err(VmError::EventFd)?);
     let gate = LoopGate::new(exit.clone()).map_err(VmError::EventFd)?;
     events.add_subscriber(Arc::new(Mutex::new(GateSubscriber(gate.clone()))));
-    let hypercall = crate::hypercall::attach(&mut mmio, &mem, exit.clone())?;
+    let hypercall = crate::device_manager::hypercall::attach(&mut mmio, &mem, exit.clone())?;
     if let Some(r) = restore {
         hypercall.continue_from(r.state.hypercall.generation, r.state.hypercall.agent);
     }
@@ -328,9 +339,9 @@ pub fn run(cfg: &VmConfig, opts: RunOptions) -> Result<RunResult, VmError> {
         exit: exit.clone(),
         done: done.clone(),
     })));
-    let _raw = if crate::terminal::stdin_is_tty() {
+    let _raw = if crate::host::terminal::stdin_is_tty() {
         events.add_subscriber(Arc::new(Mutex::new(ConsoleIn::new(serial.clone()))));
-        crate::terminal::enter_raw_mode()
+        crate::host::terminal::enter_raw_mode()
     } else {
         None
     };
@@ -338,16 +349,17 @@ pub fn run(cfg: &VmConfig, opts: RunOptions) -> Result<RunResult, VmError> {
     if let Some(gate) = opts.before_start {
         gate().map_err(VmError::NotStarted)?;
     }
-    let vcpu_start = crate::hypercall::start(&mut events, hypercall.clone(), exit.clone())?;
+    let vcpu_start =
+        crate::device_manager::hypercall::start(&mut events, hypercall.clone(), exit.clone())?;
     for (i, v) in vcpus.into_iter().enumerate() {
         let thread = v.spawn()?;
         if let Some(&cpu) = cfg.cpu_affinity.get(i) {
             use std::os::unix::thread::JoinHandleExt;
-            crate::cpu_affinity::pin(thread.as_pthread_t(), i, cpu)?;
+            crate::config::cpu_list::pin(thread.as_pthread_t(), i, cpu)?;
         }
     }
     // Start-up is over: what it allocated and freed need not stay resident for the VM's life.
-    crate::heap::release_free_pages();
+    crate::host::heap::release_free_pages();
     while !done.load(Ordering::SeqCst) {
         events.run().map_err(VmError::EventLoop)?;
     }

@@ -1,7 +1,7 @@
 //! Disks: the `--disk path=IMG[,readonly=on][,id=NAME]` flag and `"disks"` config key, and
 //! attaching each disk as a virtio-blk device.
 
-use crate::virtio_devices::{AttachError, EventLoop, VirtioSlots};
+use crate::device_manager::virtio::{AttachError, EventLoop, VirtioSlots};
 use kvm_ioctls::VmFd;
 use plainvm_devices::virtio::block::{Block, BlockError, ID_BYTES};
 use plainvm_devices::Bus;

@@ -1,7 +1,7 @@
 //! Vsock: the `--vsock cid=N,socket=PATH` flag and `"vsock"` config key, and attaching the
 //! virtio-vsock device with its host-side unix socket.
 
-use crate::virtio_devices::{AttachError, EventLoop, VirtioSlots};
+use crate::device_manager::virtio::{AttachError, EventLoop, VirtioSlots};
 use kvm_ioctls::VmFd;
 use plainvm_devices::virtio::vsock::{Vsock, VsockError};
 use plainvm_devices::Bus;

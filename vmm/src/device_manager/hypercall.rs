@@ -2,8 +2,8 @@
 //! text, report missed heartbeats, post host requests, and turn SIGTERM into a graceful power-off
 //! request when a guest agent is listening.
 
-use crate::exit::{ExitReason, ExitSignal};
-use crate::virtio_devices::EventLoop;
+use crate::device_manager::virtio::EventLoop;
+use crate::host::exit::{ExitReason, ExitSignal};
 use event_manager::{EventOps, Events, MutEventSubscriber, SubscriberOps};
 use plainvm_devices::hypercall::{proto, HeartbeatEvent, Hypercall, HypercallHost};
 pub use plainvm_devices::hypercall::{HypercallState, RequestKind, StateError};

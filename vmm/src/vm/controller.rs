@@ -1,12 +1,12 @@
 //! What can be done to a running VM from outside: info, pause, resume, snapshot.
 
 use crate::config::VmConfig;
-use crate::memory_slots::{MemorySlots, SlotError};
+use crate::memory::slots::{MemorySlots, SlotError};
 use crate::snapshot::{self, MemoryContent, SnapshotError, SnapshotStats};
+use crate::vcpu::control::{ControlError, VcpuControl};
 use crate::vcpu::lock;
-use crate::vcpu_control::{ControlError, VcpuControl};
-use crate::vcpu_state::{VcpuState, VcpuStateError};
-use crate::vm_state::{KvmVmState, VmState, VmStateError};
+use crate::vcpu::state::{VcpuState, VcpuStateError};
+use crate::vm::state::{KvmVmState, VmState, VmStateError};
 use kvm_bindings::CpuId;
 use kvm_ioctls::{VcpuFd, VmFd};
 use plainvm_devices::serial::SerialConsole;
@@ -37,7 +37,7 @@ pub enum ControllerError {
     #[error("a diff snapshot needs a full snapshot of this VM first (or a VM restored from one)")]
     NoBase,
     #[error(transparent)]
-    Gate(#[from] crate::loop_gate::GateError),
+    Gate(#[from] crate::device_manager::loop_gate::GateError),
     #[error("cannot pause a device: {0}")]
     Device(#[from] plainvm_devices::virtio::PersistError),
 }
@@ -65,19 +65,19 @@ pub struct VmController {
     pub serial: Arc<Mutex<SerialConsole>>,
     pub started: Instant,
     /// Why the process should end once the current API request is answered (after a migration).
-    pub pending_exit: Mutex<Option<crate::exit::ExitReason>>,
+    pub pending_exit: Mutex<Option<crate::host::exit::ExitReason>>,
     /// The running or last migration's progress.
     pub migration: Mutex<Option<crate::migration::sender::Progress>>,
     /// The virtio devices, in attach order (their state goes into `VmState`).
     pub devices: Vec<Arc<Mutex<MmioTransport>>>,
     /// Parks the device event loop while the VM is paused.
-    pub gate: Arc<crate::loop_gate::LoopGate>,
+    pub gate: Arc<crate::device_manager::loop_gate::LoopGate>,
     /// The hypercall device's state: the guest agent and host requests (stop, see `vm_actions`).
-    pub hypercall: Arc<crate::hypercall::HypercallState>,
+    pub hypercall: Arc<crate::device_manager::hypercall::HypercallState>,
     /// Ends the VM (the `kill` action, and after a migration).
-    pub exit: Arc<crate::exit::ExitSignal>,
+    pub exit: Arc<crate::host::exit::ExitSignal>,
     /// Changes the balloon's target (None: no balloon device).
-    pub balloon: Option<crate::balloon::BalloonControl>,
+    pub balloon: Option<crate::device_manager::balloon::BalloonControl>,
 }
 
 impl VmController {
@@ -212,7 +212,7 @@ impl VmController {
             .gate
             .close(PAUSE_TIMEOUT)
             .map_err(ControllerError::from)
-            .and_then(|()| Ok(crate::virtio_devices::quiesce_all(&self.devices)?));
+            .and_then(|()| Ok(crate::device_manager::virtio::quiesce_all(&self.devices)?));
         if let Err(e) = devices {
             if !was_paused {
                 self.resume();
@@ -245,12 +245,12 @@ impl VmController {
             serial: self.serial.lock().unwrap_or_else(|e| e.into_inner()).save(),
             hypercall: {
                 let h = self.hypercall.snapshot();
-                crate::vm_state::HypercallSaved {
+                crate::vm::state::HypercallSaved {
                     generation: h.generation,
                     agent: h.agent,
                 }
             },
-            devices: crate::virtio_devices::save_all(&self.devices),
+            devices: crate::device_manager::virtio::save_all(&self.devices),
             vcpus,
         })
     }

@@ -1,7 +1,7 @@
 //! Balloon: the `--balloon [size=..,free-page-reporting=on]` flag and `"balloon"` config key,
 //! attaching the virtio-balloon device, and the handle that changes its target at run time.
 
-use crate::virtio_devices::{AttachError, EventLoop, VirtioSlots};
+use crate::device_manager::virtio::{AttachError, EventLoop, VirtioSlots};
 use kvm_ioctls::VmFd;
 use plainvm_devices::virtio::balloon::{Balloon, BalloonStats};
 use plainvm_devices::Bus;

@@ -1,7 +1,7 @@
 //! Parks the device event loop while the VM is paused, so no device touches guest memory or its
 //! queues while a snapshot or the last migration pass reads them.
 
-use crate::exit::ExitSignal;
+use crate::host::exit::ExitSignal;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -155,7 +155,7 @@ mod tests {
         let stop = Arc::new(AtomicBool::new(false));
         let t = event_loop(gate.clone(), stop.clone());
         gate.close(Duration::from_secs(5)).unwrap();
-        exit.request(crate::exit::ExitReason::PowerOff);
+        exit.request(crate::host::exit::ExitReason::PowerOff);
         stop.store(true, Ordering::SeqCst);
         t.join().unwrap();
     }

@@ -1,9 +1,13 @@
 //! A vCPU: its initial state (CPUID, registers, MSRs, FPU, LAPIC) and the thread that runs it.
 
+pub mod control;
+pub mod cpuid;
+pub mod emulation;
+pub mod state;
+
 use crate::boot::{regs, BootInfo};
-use crate::emulation;
-use crate::exit::{ExitReason, ExitSignal};
-use crate::vcpu_control::{set_thread_kvm_run, VcpuControl};
+use crate::host::exit::{ExitReason, ExitSignal};
+use crate::vcpu::control::{set_thread_kvm_run, VcpuControl};
 use kvm_bindings::{kvm_fpu, kvm_mp_state, kvm_msr_entry, CpuId, Msrs, KVM_MP_STATE_RUNNABLE};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use plainvm_devices::Bus;

@@ -1,9 +1,9 @@
 //! Lifecycle actions on a running VM for the control API: graceful stop through the guest
 //! agent, kill, and the balloon target.
 
-use crate::controller::VmController;
-use crate::exit::ExitReason;
-use crate::hypercall::{post_request, RequestKind};
+use crate::device_manager::hypercall::{post_request, RequestKind};
+use crate::host::exit::ExitReason;
+use crate::vm::controller::VmController;
 use plainvm_devices::hypercall::proto;
 use serde::Serialize;
 
@@ -13,11 +13,11 @@ pub enum ActionError {
     #[error("no guest agent is listening for power requests (run `plainvm-guest watch` in the guest, or use the kill action)")]
     NoAgent,
     #[error("cannot post the power-off request: {0}")]
-    Post(#[from] crate::hypercall::StateError),
+    Post(#[from] crate::device_manager::hypercall::StateError),
     #[error("this VM has no balloon device: start it with --balloon")]
     NoBalloon,
     #[error(transparent)]
-    Balloon(#[from] crate::balloon::BalloonError),
+    Balloon(#[from] crate::device_manager::balloon::BalloonError),
 }
 
 /// The balloon after a new target was set.

@@ -1,5 +1,8 @@
 //! Guest memory: the physical address layout, the RAM regions around the MMIO gap, the e820 map.
 
+pub mod ksm;
+pub mod slots;
+
 use plainvm_devices::GuestRam;
 use vm_memory::GuestAddress;
 

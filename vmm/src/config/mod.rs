@@ -1,5 +1,8 @@
 //! The VM configuration: what the JSON file and the command-line flags say, validated once.
 
+pub mod cpu_list;
+pub mod overrides;
+
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -46,7 +49,7 @@ pub enum ConfigError {
     #[error("invalid --memory '{0}': use SIZE or size=SIZE,merge=on|off (JSON: \"128M\" or {{\"size\": \"128M\", \"merge\": true}})")]
     BadMemorySpec(String),
     #[error(transparent)]
-    CpuAffinity(#[from] crate::cpu_affinity::AffinityError),
+    CpuAffinity(#[from] crate::config::cpu_list::AffinityError),
     #[error("invalid --net '{0}': use tap=NAME[,mac=aa:bb:cc:dd:ee:ff]")]
     BadNet(String),
     #[error("network device on tap '{tap}': {source}")]
@@ -55,11 +58,11 @@ pub enum ConfigError {
         source: plainvm_devices::virtio::net::mac::MacError,
     },
     #[error(transparent)]
-    Disk(#[from] crate::disks::DiskConfigError),
+    Disk(#[from] crate::device_manager::disk::DiskConfigError),
     #[error(transparent)]
-    Vsock(#[from] crate::vsock::VsockConfigError),
+    Vsock(#[from] crate::device_manager::vsock::VsockConfigError),
     #[error(transparent)]
-    Balloon(#[from] crate::balloon::BalloonError),
+    Balloon(#[from] crate::device_manager::balloon::BalloonError),
 }
 
 /// Which CPUID template the guest sees.
@@ -106,11 +109,11 @@ pub struct FileConfig {
     /// virtio-net devices, each over a host tap.
     pub nets: Option<Vec<NetConfig>>,
     /// virtio-blk disks, in order (the first is /dev/vda).
-    pub disks: Option<Vec<crate::disks::DiskConfig>>,
+    pub disks: Option<Vec<crate::device_manager::disk::DiskConfig>>,
     /// A virtio-vsock device with a host-side unix socket.
-    pub vsock: Option<crate::vsock::VsockConfig>,
+    pub vsock: Option<crate::device_manager::vsock::VsockConfig>,
     /// A virtio-balloon device.
-    pub balloon: Option<crate::balloon::BalloonConfig>,
+    pub balloon: Option<crate::device_manager::balloon::BalloonConfig>,
 }
 
 /// A validated VM configuration.
@@ -132,11 +135,11 @@ pub struct VmConfig {
     pub cpu_template: CpuTemplate,
     pub rng: bool,
     pub nets: Vec<NetDevice>,
-    pub disks: Vec<crate::disks::DiskConfig>,
+    pub disks: Vec<crate::device_manager::disk::DiskConfig>,
     #[serde(default)]
-    pub vsock: Option<crate::vsock::VsockConfig>,
+    pub vsock: Option<crate::device_manager::vsock::VsockConfig>,
     #[serde(default)]
-    pub balloon: Option<crate::balloon::BalloonSettings>,
+    pub balloon: Option<crate::device_manager::balloon::BalloonSettings>,
 }
 
 /// Serde helper for a `VmConfig` inside binary (bincode) data such as `VmState`: it goes as JSON
@@ -234,8 +237,8 @@ impl FileConfig {
         let cpu_affinity = match &self.cpu_affinity {
             None => Vec::new(),
             Some(s) => {
-                let list = crate::cpu_affinity::parse(s)?;
-                crate::cpu_affinity::validate(&list, cpus as usize)?;
+                let list = crate::config::cpu_list::parse(s)?;
+                crate::config::cpu_list::validate(&list, cpus as usize)?;
                 list
             }
         };
@@ -248,12 +251,14 @@ impl FileConfig {
             }
         }
         let disks = self.disks.unwrap_or_default();
-        disks.iter().try_for_each(crate::disks::check)?;
+        disks
+            .iter()
+            .try_for_each(crate::device_manager::disk::check)?;
         if let Some(v) = &self.vsock {
-            crate::vsock::check(v)?;
+            crate::device_manager::vsock::check(v)?;
         }
         let balloon = match &self.balloon {
-            Some(b) => Some(crate::balloon::validate(b, memory_bytes)?),
+            Some(b) => Some(crate::device_manager::balloon::validate(b, memory_bytes)?),
             None => None,
         };
         Ok(VmConfig {
@@ -421,7 +426,7 @@ mod tests {
             rng: true,
             nets: vec![],
             // `id` is left out of the JSON when None, which plain bincode cannot read back.
-            disks: vec![crate::disks::DiskConfig {
+            disks: vec![crate::device_manager::disk::DiskConfig {
                 path: "/d.img".into(),
                 readonly: false,
                 id: None,

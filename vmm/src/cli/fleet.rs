@@ -2,7 +2,7 @@
 //! registry (names) and the control API.
 
 use crate::api::client::{request, ClientError};
-use crate::registry::{self, Entry};
+use crate::host::registry::{self, Entry};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};

@@ -1,9 +1,9 @@
 //! The `plainvm migrate` and `plainvm receive` subcommands.
 
+use crate::api::client::request;
+use crate::config::overrides::Overrides;
+use crate::migration::receiver::{receive, ReceiveOptions};
 use clap::Args;
-use plainvm::api::client::request;
-use plainvm::migration::receiver::{receive, ReceiveOptions};
-use plainvm::overrides::Overrides;
 use serde_json::{json, Value};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -66,7 +66,7 @@ pub fn migrate(sock: &Path, args: &MigrateArgs) -> Result<i32, String> {
         body["timeout_s"] = json!(t);
     }
     if let Some(k) = &args.key {
-        body["key"] = json!(hex(&plainvm::migration::read_key(k)?));
+        body["key"] = json!(hex(&crate::migration::read_key(k)?));
     }
     let sock2 = sock.to_path_buf();
     let call = std::thread::spawn(move || {
@@ -130,15 +130,15 @@ fn progress_line(p: &Value, t: Duration) -> String {
 
 /// Wait for an incoming VM and run it; returns its exit status.
 pub fn run_receive(args: ReceiveArgs) -> Result<i32, String> {
-    let listen = plainvm::migration::parse_tcp(&args.listen).map_err(|e| e.to_string())?;
+    let listen = crate::migration::parse_tcp(&args.listen).map_err(|e| e.to_string())?;
     let key = args
         .key
         .as_deref()
-        .map(plainvm::migration::read_key)
+        .map(crate::migration::read_key)
         .transpose()?;
     let overrides = Overrides::parse(&args.set).map_err(|e| e.to_string())?;
     if let Some(name) = &args.name {
-        plainvm::registry::check_free(name).map_err(|e| e.to_string())?;
+        crate::host::registry::check_free(name).map_err(|e| e.to_string())?;
     }
     let out = receive(ReceiveOptions {
         listen,
@@ -149,7 +149,7 @@ pub fn run_receive(args: ReceiveArgs) -> Result<i32, String> {
     })
     .map_err(|e| format!("incoming migration failed, nothing runs here: {e}"))?;
     match out.reason {
-        plainvm::exit::ExitReason::Crash(msg) => Err(msg),
+        crate::host::exit::ExitReason::Crash(msg) => Err(msg),
         r => Ok(r.status()),
     }
 }

@@ -2,7 +2,7 @@
 //! vCPUs. One type serves snapshot, restore and migration.
 
 use crate::config::VmConfig;
-use crate::vcpu_state::VcpuState;
+use crate::vcpu::state::VcpuState;
 use kvm_bindings::{
     kvm_clock_data, kvm_irqchip, kvm_pit_state2, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
     KVM_IRQCHIP_PIC_SLAVE,

@@ -1,0 +1,4 @@
+//! The command line's subcommands beyond `run`: fleet management and migration.
+
+pub mod fleet;
+pub mod migrate;
