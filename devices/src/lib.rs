@@ -2,10 +2,7 @@
 
 pub mod bus;
 pub mod hypercall;
-pub mod i8042;
-pub mod post_code;
-pub mod serial;
-pub mod trigger;
+pub mod legacy;
 pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};

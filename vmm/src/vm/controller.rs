@@ -9,7 +9,7 @@ use crate::vcpu::state::{VcpuState, VcpuStateError};
 use crate::vm::state::{KvmVmState, VmState, VmStateError};
 use kvm_bindings::CpuId;
 use kvm_ioctls::{VcpuFd, VmFd};
-use plainvm_devices::serial::SerialConsole;
+use plainvm_devices::legacy::serial::SerialConsole;
 use plainvm_devices::virtio::MmioTransport;
 use plainvm_devices::GuestRam;
 use serde::Serialize;

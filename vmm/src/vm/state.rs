@@ -8,7 +8,7 @@ use kvm_bindings::{
     KVM_IRQCHIP_PIC_SLAVE,
 };
 use kvm_ioctls::VmFd;
-use plainvm_devices::serial::SerialSnapshot;
+use plainvm_devices::legacy::serial::SerialSnapshot;
 use plainvm_devices::virtio::VirtioState;
 use serde::{Deserialize, Serialize};
 

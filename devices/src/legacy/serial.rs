@@ -1,7 +1,7 @@
 //! The 16550 UART at 0x3f8 (vm-superio): guest output to a writer, host input into its FIFO.
 
 use crate::bus::BusDevice;
-use crate::trigger::EventFdTrigger;
+use crate::legacy::trigger::EventFdTrigger;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use vm_superio::serial::{NoEvents, SerialState};
