@@ -302,7 +302,7 @@ fn run(args: RunArgs, start: Instant) -> Result<i32, String> {
             false => Some(
                 args.net
                     .iter()
-                    .map(|s| plainvm::config::parse_net(s))
+                    .map(|s| plainvm::config::net::parse_net(s))
                     .collect::<Result<_, _>>()
                     .map_err(|e| e.to_string())?,
             ),
@@ -312,7 +312,7 @@ fn run(args: RunArgs, start: Instant) -> Result<i32, String> {
             false => Some(
                 args.disk
                     .iter()
-                    .map(|s| plainvm::device_manager::disk::parse_disk(s))
+                    .map(|s| plainvm::config::disk::parse_disk(s))
                     .collect::<Result<_, _>>()
                     .map_err(|e| e.to_string())?,
             ),
@@ -320,13 +320,13 @@ fn run(args: RunArgs, start: Instant) -> Result<i32, String> {
         vsock: args
             .vsock
             .as_deref()
-            .map(plainvm::device_manager::vsock::parse_vsock)
+            .map(plainvm::config::vsock::parse_vsock)
             .transpose()
             .map_err(|e| e.to_string())?,
         balloon: args
             .balloon
             .as_deref()
-            .map(plainvm::device_manager::balloon::parse_balloon)
+            .map(plainvm::config::balloon::parse_balloon)
             .transpose()
             .map_err(|e| e.to_string())?,
     };

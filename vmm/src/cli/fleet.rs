@@ -31,7 +31,7 @@ pub enum ManageError {
     #[error("process {pid} did not end after SIGKILL within {secs} s")]
     Unkillable { pid: i32, secs: u64 },
     #[error(transparent)]
-    Size(#[from] crate::config::ConfigError),
+    Size(#[from] crate::config::size::SizeError),
 }
 
 /// A VM as a subcommand names it: positional NAME, `--name NAME` or `--api-sock PATH`.

@@ -1,4 +1,4 @@
-//! `--cpu-affinity LIST`: parse a host CPU list ("0,1", "0-3", "0-1,6") and pin vCPU threads.
+//! `--cpu-affinity LIST`: parse and check a host CPU list ("0,1", "0-3", "0-1,6").
 
 /// Errors parsing or applying a CPU list.
 #[derive(Debug, thiserror::Error)]
@@ -11,12 +11,6 @@ pub enum AffinityError {
     NotAllowed { cpu: usize, allowed: String },
     #[error("--cpu-affinity lists {cpus} CPU(s) but the VM has {vcpus} vCPU(s): give at least one host CPU per vCPU (vCPU i runs on the i-th CPU of the list)")]
     TooFew { cpus: usize, vcpus: usize },
-    #[error("cannot pin vCPU {vcpu} to host CPU {cpu}: {source}")]
-    Pin {
-        vcpu: usize,
-        cpu: usize,
-        source: std::io::Error,
-    },
 }
 
 /// Parse "0,1", "0-3", "0-1,6" into the CPUs in the order given (ranges ascending).
@@ -93,25 +87,6 @@ pub fn format_list(cpus: &[usize]) -> String {
         i = j + 1;
     }
     parts.join(",")
-}
-
-/// Pin thread `thread` (vCPU `vcpu`) to host CPU `cpu`.
-pub fn pin(thread: libc::pthread_t, vcpu: usize, cpu: usize) -> Result<(), AffinityError> {
-    // SAFETY: cpu_set_t is plain data; zeroed is an empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `cpu` is below CPU_SETSIZE (checked by `parse`), the size of `set`.
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: `thread` is a live thread of this process (its JoinHandle is held by the caller);
-    // the pointer and size describe `set`.
-    let rc = unsafe { libc::pthread_setaffinity_np(thread, std::mem::size_of_val(&set), &set) };
-    if rc != 0 {
-        return Err(AffinityError::Pin {
-            vcpu,
-            cpu,
-            source: std::io::Error::from_raw_os_error(rc),
-        });
-    }
-    Ok(())
 }
 
 #[cfg(test)]

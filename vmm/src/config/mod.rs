@@ -1,15 +1,23 @@
 //! The VM configuration: what the JSON file and the command-line flags say, validated once.
 
+pub mod balloon;
 pub mod cpu_list;
+pub mod disk;
+pub mod keyvalue;
+pub mod net;
 pub mod overrides;
+pub mod size;
+pub mod vsock;
+
+pub use balloon::{BalloonConfig, BalloonSettings};
+pub use disk::DiskConfig;
+pub use net::{NetConfig, NetDevice};
+pub use size::{check_memory, parse_size};
+pub use vsock::VsockConfig;
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// Smallest guest memory we accept: enough for boot structures and a small kernel.
-pub const MIN_MEMORY: u64 = 16 << 20;
-/// Largest guest memory we accept, whatever the host has.
-pub const MAX_MEMORY: u64 = 1 << 40;
 /// Most vCPUs a VM may have (the MP table and APIC IDs are sized for this).
 pub const MAX_VCPUS: u8 = 64;
 /// Longest kernel command line, in bytes without the final NUL (Linux x86's COMMAND_LINE_SIZE - 1).
@@ -30,12 +38,8 @@ pub enum ConfigError {
         path: PathBuf,
         source: serde_json::Error,
     },
-    #[error("invalid memory size '{0}': use a number with an optional unit, e.g. 128M, 2G, 512MiB (a bare number means MiB)")]
-    BadSize(String),
-    #[error("memory size {got} MiB is too small: give at least {} MiB", MIN_MEMORY >> 20)]
-    MemoryTooSmall { got: u64 },
-    #[error("memory size {got} MiB is too large: {why}")]
-    MemoryTooLarge { got: u64, why: String },
+    #[error(transparent)]
+    Size(#[from] size::SizeError),
     #[error("--cpus must be between 1 and {MAX_VCPUS}, got {0}")]
     BadCpus(u64),
     #[error(
@@ -46,23 +50,16 @@ pub enum ConfigError {
     CmdlineNul,
     #[error("invalid --cpu-template '{0}': use auto, host or safe")]
     BadTemplate(String),
-    #[error("invalid --memory '{0}': use SIZE or size=SIZE,merge=on|off (JSON: \"128M\" or {{\"size\": \"128M\", \"merge\": true}})")]
-    BadMemorySpec(String),
     #[error(transparent)]
-    CpuAffinity(#[from] crate::config::cpu_list::AffinityError),
-    #[error("invalid --net '{0}': use tap=NAME[,mac=aa:bb:cc:dd:ee:ff]")]
-    BadNet(String),
-    #[error("network device on tap '{tap}': {source}")]
-    BadMac {
-        tap: String,
-        source: plainvm_devices::virtio::net::mac::MacError,
-    },
+    CpuAffinity(#[from] cpu_list::AffinityError),
     #[error(transparent)]
-    Disk(#[from] crate::device_manager::disk::DiskConfigError),
+    Net(#[from] net::NetConfigError),
     #[error(transparent)]
-    Vsock(#[from] crate::device_manager::vsock::VsockConfigError),
+    Disk(#[from] disk::DiskConfigError),
     #[error(transparent)]
-    Balloon(#[from] crate::device_manager::balloon::BalloonError),
+    Vsock(#[from] vsock::VsockConfigError),
+    #[error(transparent)]
+    Balloon(#[from] balloon::BalloonConfigError),
 }
 
 /// Which CPUID template the guest sees.
@@ -109,11 +106,11 @@ pub struct FileConfig {
     /// virtio-net devices, each over a host tap.
     pub nets: Option<Vec<NetConfig>>,
     /// virtio-blk disks, in order (the first is /dev/vda).
-    pub disks: Option<Vec<crate::device_manager::disk::DiskConfig>>,
+    pub disks: Option<Vec<DiskConfig>>,
     /// A virtio-vsock device with a host-side unix socket.
-    pub vsock: Option<crate::device_manager::vsock::VsockConfig>,
+    pub vsock: Option<VsockConfig>,
     /// A virtio-balloon device.
-    pub balloon: Option<crate::device_manager::balloon::BalloonConfig>,
+    pub balloon: Option<BalloonConfig>,
 }
 
 /// A validated VM configuration.
@@ -135,11 +132,11 @@ pub struct VmConfig {
     pub cpu_template: CpuTemplate,
     pub rng: bool,
     pub nets: Vec<NetDevice>,
-    pub disks: Vec<crate::device_manager::disk::DiskConfig>,
+    pub disks: Vec<DiskConfig>,
     #[serde(default)]
-    pub vsock: Option<crate::device_manager::vsock::VsockConfig>,
+    pub vsock: Option<VsockConfig>,
     #[serde(default)]
-    pub balloon: Option<crate::device_manager::balloon::BalloonSettings>,
+    pub balloon: Option<BalloonSettings>,
 }
 
 /// Serde helper for a `VmConfig` inside binary (bincode) data such as `VmState`: it goes as JSON
@@ -157,39 +154,6 @@ pub mod as_json {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<VmConfig, D::Error> {
         serde_json::from_str(&String::deserialize(d)?).map_err(D::Error::custom)
     }
-}
-
-/// One virtio-net device as written: `--net tap=NAME[,mac=..]` or `{"tap": "NAME", "mac": ".."}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NetConfig {
-    pub tap: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mac: Option<String>,
-}
-
-/// A validated virtio-net device: the tap and its MAC (generated when none was given).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NetDevice {
-    pub tap: String,
-    pub mac: [u8; 6],
-}
-
-/// Parse a `--net` flag: `tap=NAME[,mac=aa:bb:cc:dd:ee:ff]`.
-pub fn parse_net(s: &str) -> Result<NetConfig, ConfigError> {
-    let bad = || ConfigError::BadNet(s.to_string());
-    let (mut tap, mut mac) = (None, None);
-    for part in s.split(',') {
-        match part.split_once('=') {
-            Some(("tap", v)) if tap.is_none() && !v.is_empty() => tap = Some(v.to_string()),
-            Some(("mac", v)) if mac.is_none() => mac = Some(v.to_string()),
-            _ => return Err(bad()),
-        }
-    }
-    Ok(NetConfig {
-        tap: tap.ok_or_else(bad)?,
-        mac,
-    })
 }
 
 impl FileConfig {
@@ -230,15 +194,15 @@ impl FileConfig {
             return Err(ConfigError::BadCpus(cpus));
         }
         let (memory_bytes, memory_merge) = match &self.memory {
-            None => (128 << 20, false),
-            Some(v) => parse_memory(v)?,
+            None => (size::DEFAULT_MEMORY, false),
+            Some(v) => size::parse_memory(v)?,
         };
         check_memory(memory_bytes)?;
         let cpu_affinity = match &self.cpu_affinity {
             None => Vec::new(),
             Some(s) => {
-                let list = crate::config::cpu_list::parse(s)?;
-                crate::config::cpu_list::validate(&list, cpus as usize)?;
+                let list = cpu_list::parse(s)?;
+                cpu_list::validate(&list, cpus as usize)?;
                 list
             }
         };
@@ -251,14 +215,12 @@ impl FileConfig {
             }
         }
         let disks = self.disks.unwrap_or_default();
-        disks
-            .iter()
-            .try_for_each(crate::device_manager::disk::check)?;
+        disks.iter().try_for_each(disk::check)?;
         if let Some(v) = &self.vsock {
-            crate::device_manager::vsock::check(v)?;
+            vsock::check(v)?;
         }
         let balloon = match &self.balloon {
-            Some(b) => Some(crate::device_manager::balloon::validate(b, memory_bytes)?),
+            Some(b) => Some(balloon::validate(b, memory_bytes)?),
             None => None,
         };
         Ok(VmConfig {
@@ -271,135 +233,12 @@ impl FileConfig {
             cpu_affinity,
             cpu_template: self.cpu_template.unwrap_or_default(),
             rng: self.rng.unwrap_or(false),
-            nets: validate_nets(self.nets.unwrap_or_default())?,
+            nets: net::validate_nets(self.nets.unwrap_or_default())?,
             disks,
             vsock: self.vsock,
             balloon,
         })
     }
-}
-
-/// Check each network device's MAC, or generate a locally administered one.
-fn validate_nets(nets: Vec<NetConfig>) -> Result<Vec<NetDevice>, ConfigError> {
-    use plainvm_devices::virtio::net::MacAddr;
-    nets.into_iter()
-        .map(|n| {
-            if n.tap.is_empty() {
-                return Err(ConfigError::BadNet(String::new()));
-            }
-            let mac = match &n.mac {
-                Some(m) => m.parse::<MacAddr>().map_err(|source| ConfigError::BadMac {
-                    tap: n.tap.clone(),
-                    source,
-                })?,
-                None => MacAddr::random_local(),
-            };
-            Ok(NetDevice {
-                tap: n.tap,
-                mac: mac.0,
-            })
-        })
-        .collect()
-}
-
-/// A memory size as JSON: a number of MiB or a size string.
-fn size_value(v: &serde_json::Value) -> Result<u64, ConfigError> {
-    match v {
-        serde_json::Value::Number(n) => n
-            .as_u64()
-            .and_then(|m| m.checked_mul(1 << 20))
-            .ok_or_else(|| ConfigError::BadSize(n.to_string())),
-        serde_json::Value::String(s) => parse_size(s),
-        other => Err(ConfigError::BadSize(other.to_string())),
-    }
-}
-
-/// `--memory`/"memory": SIZE, "size=SIZE[,merge=on|off]" or {"size": SIZE, "merge": bool};
-/// returns (bytes, merge).
-pub fn parse_memory(v: &serde_json::Value) -> Result<(u64, bool), ConfigError> {
-    let bad = || ConfigError::BadMemorySpec(v.to_string().trim_matches('"').to_string());
-    match v {
-        serde_json::Value::String(s) if s.contains('=') => {
-            let (mut size, mut merge) = (None, None);
-            for part in s.split(',') {
-                match part.trim().split_once('=') {
-                    Some(("size", x)) if size.is_none() => size = Some(parse_size(x)?),
-                    Some(("merge", "on" | "true" | "1")) if merge.is_none() => merge = Some(true),
-                    Some(("merge", "off" | "false" | "0")) if merge.is_none() => {
-                        merge = Some(false)
-                    }
-                    _ => return Err(bad()),
-                }
-            }
-            Ok((size.unwrap_or(128 << 20), merge.unwrap_or(false)))
-        }
-        serde_json::Value::Object(o) => {
-            if o.keys().any(|k| k != "size" && k != "merge") {
-                return Err(bad());
-            }
-            let size = o.get("size").map(size_value).transpose()?;
-            let merge = match o.get("merge") {
-                None => false,
-                Some(serde_json::Value::Bool(b)) => *b,
-                Some(_) => return Err(bad()),
-            };
-            Ok((size.unwrap_or(128 << 20), merge))
-        }
-        other => Ok((size_value(other)?, false)),
-    }
-}
-
-/// Parse "128M", "2G", "512MiB", "1048576K", "4096" (MiB) into bytes.
-pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
-    let bad = || ConfigError::BadSize(s.to_string());
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "m" | "mb" | "mib" => 20,
-        "k" | "kb" | "kib" => 10,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        "b" => 0,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(1 << shift).ok_or_else(bad)
-}
-
-pub fn check_memory(bytes: u64) -> Result<(), ConfigError> {
-    let mib = bytes >> 20;
-    if bytes < MIN_MEMORY {
-        return Err(ConfigError::MemoryTooSmall { got: mib });
-    }
-    if bytes > MAX_MEMORY {
-        return Err(ConfigError::MemoryTooLarge {
-            got: mib,
-            why: format!("plainvm supports at most {} MiB", MAX_MEMORY >> 20),
-        });
-    }
-    if !bytes.is_multiple_of(4096) {
-        return Err(ConfigError::BadSize(format!(
-            "{bytes} bytes (not a multiple of 4 KiB)"
-        )));
-    }
-    if let Some(host) = host_memory_bytes() {
-        if bytes > host {
-            return Err(ConfigError::MemoryTooLarge {
-                got: mib,
-                why: format!("this host has only {} MiB of RAM", host >> 20),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// The host's total RAM from /proc/meminfo, if readable.
-fn host_memory_bytes() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib << 10)
 }
 
 #[cfg(test)]
@@ -426,7 +265,7 @@ mod tests {
             rng: true,
             nets: vec![],
             // `id` is left out of the JSON when None, which plain bincode cannot read back.
-            disks: vec![crate::device_manager::disk::DiskConfig {
+            disks: vec![DiskConfig {
                 path: "/d.img".into(),
                 readonly: false,
                 id: None,
@@ -444,18 +283,6 @@ mod tests {
     }
 
     #[test]
-    fn sizes_parse_with_units() {
-        assert_eq!(parse_size("128").unwrap(), 128 << 20);
-        assert_eq!(parse_size("128M").unwrap(), 128 << 20);
-        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
-        assert_eq!(parse_size("64k").unwrap(), 64 << 10);
-        assert!(parse_size("12X").is_err());
-        assert!(parse_size("").is_err());
-        assert!(parse_size("-5M").is_err());
-        assert!(parse_size("99999999999999999999T").is_err());
-    }
-
-    #[test]
     fn flags_override_file_and_defaults_apply() {
         let file: FileConfig =
             serde_json::from_str(r#"{"cpus": 4, "memory": "256M", "cmdline": "a"}"#).unwrap();
@@ -469,48 +296,6 @@ mod tests {
         assert_eq!(cfg.cmdline.as_deref(), Some("a"));
         let d = FileConfig::default().validate().unwrap();
         assert_eq!((d.cpus, d.memory_bytes), (1, 128 << 20));
-    }
-
-    #[test]
-    fn net_flags_and_json_parse() {
-        let n = parse_net("tap=tap0,mac=02:00:00:00:00:07").unwrap();
-        assert_eq!(
-            (n.tap.as_str(), n.mac.as_deref()),
-            ("tap0", Some("02:00:00:00:00:07"))
-        );
-        assert_eq!(parse_net("tap=t1").unwrap().mac, None);
-        for bad in [
-            "",
-            "tap=",
-            "mac=02:00:00:00:00:01",
-            "tap=a,tap=b",
-            "tap=a,colour=red",
-            "tap0",
-        ] {
-            assert!(
-                matches!(parse_net(bad), Err(ConfigError::BadNet(_))),
-                "{bad}"
-            );
-        }
-        let file: FileConfig = serde_json::from_str(
-            r#"{"nets": [{"tap": "a", "mac": "02:00:00:00:00:01"}, {"tap": "b"}]}"#,
-        )
-        .unwrap();
-        let cfg = file.validate().unwrap();
-        assert_eq!(cfg.nets[0].mac, [2, 0, 0, 0, 0, 1]);
-        assert_eq!(
-            cfg.nets[1].mac[0] & 3,
-            2,
-            "generated MACs are local unicast"
-        );
-        let file: FileConfig =
-            serde_json::from_str(r#"{"nets": [{"tap": "a", "mac": "01:00:00:00:00:01"}]}"#)
-                .unwrap();
-        assert!(file
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("multicast"));
     }
 
     #[test]
@@ -537,41 +322,5 @@ mod tests {
         })
         .contains("command line"));
         assert!(serde_json::from_str::<FileConfig>(r#"{"cpuz": 1}"#).is_err());
-    }
-
-    #[test]
-    fn memory_takes_size_or_size_and_merge() {
-        let m = |v: serde_json::Value| parse_memory(&v);
-        assert_eq!(m("256M".into()).unwrap(), (256 << 20, false));
-        assert_eq!(m(512.into()).unwrap(), (512 << 20, false));
-        assert_eq!(m("size=64M,merge=on".into()).unwrap(), (64 << 20, true));
-        assert_eq!(m("merge=on".into()).unwrap(), (128 << 20, true));
-        assert_eq!(
-            m(serde_json::json!({"size": "1G", "merge": true})).unwrap(),
-            (1 << 30, true)
-        );
-        for bad in [
-            serde_json::json!("size=64M,merge=maybe"),
-            serde_json::json!("size=64M,colour=red"),
-            serde_json::json!({"size": "1G", "merge": "yes"}),
-            serde_json::json!({"sise": "1G"}),
-        ] {
-            assert!(m(bad.clone()).is_err(), "{bad}");
-        }
-        let cfg = FileConfig {
-            memory: Some("size=64M,merge=on".into()),
-            ..Default::default()
-        }
-        .validate()
-        .unwrap();
-        assert!(cfg.memory_merge);
-        let e = FileConfig {
-            cpu_affinity: Some("0-".into()),
-            ..Default::default()
-        }
-        .validate()
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("--cpu-affinity"), "{e}");
     }
 }

@@ -100,7 +100,7 @@ mod tests {
                 tap: "tap0".into(),
                 mac: [2, 0, 0, 0, 0, 9],
             }],
-            disks: vec![crate::device_manager::disk::DiskConfig {
+            disks: vec![crate::config::DiskConfig {
                 path: "/a.img".into(),
                 readonly: false,
                 id: Some("root".into()),

@@ -1,5 +1,6 @@
 //! A vCPU: its initial state (CPUID, registers, MSRs, FPU, LAPIC) and the thread that runs it.
 
+pub mod affinity;
 pub mod control;
 pub mod cpuid;
 pub mod emulation;

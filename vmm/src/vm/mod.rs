@@ -103,7 +103,7 @@ pub enum VmError {
     #[error(transparent)]
     Ksm(#[from] crate::memory::ksm::KsmError),
     #[error(transparent)]
-    CpuAffinity(#[from] crate::config::cpu_list::AffinityError),
+    CpuAffinity(#[from] crate::vcpu::affinity::PinError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -355,7 +355,7 @@ pub fn run(cfg: &VmConfig, opts: RunOptions) -> Result<RunResult, VmError> {
         let thread = v.spawn()?;
         if let Some(&cpu) = cfg.cpu_affinity.get(i) {
             use std::os::unix::thread::JoinHandleExt;
-            crate::config::cpu_list::pin(thread.as_pthread_t(), i, cpu)?;
+            crate::vcpu::affinity::pin(thread.as_pthread_t(), i, cpu)?;
         }
     }
     // Start-up is over: what it allocated and freed need not stay resident for the VM's life.
