@@ -193,7 +193,9 @@ fn corrupt_truncated_and_foreign_snapshots_are_refused() {
     // A guest that saw a CPU feature this host's KVM does not have.
     let bad = dir.join("cpuid");
     copy_snapshot(&snap, &bad);
-    let mut st = plainvm::snapshot::load_state(&snap).unwrap();
+    let mut st =
+        plainvm::vm::state::VmState::decode(&plainvm::snapshot::load_state(&snap).unwrap())
+            .unwrap();
     let kvm = kvm_ioctls::Kvm::new().unwrap();
     let host = plainvm::vcpu::cpuid::supported(&kvm).unwrap();
     let leaf7 = host
@@ -207,7 +209,7 @@ fn corrupt_truncated_and_foreign_snapshots_are_refused() {
             e.ebx |= absent;
         }
     }
-    plainvm::snapshot::state_file::write(&bad.join("state"), &st).unwrap();
+    plainvm::snapshot::state_file::write(&bad.join("state"), &st.encode().unwrap()).unwrap();
     refused_restore(&bad, "CPU features this host lacks");
 }
 

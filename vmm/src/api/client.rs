@@ -1,5 +1,7 @@
 //! The CLI's API client: one HTTP/1.1 request over the VM's unix socket.
 
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -22,12 +24,24 @@ pub enum ClientError {
     Api { status: u16, message: String },
 }
 
-/// Send `method path` with an optional JSON `body`; return the JSON answer of a 2xx response.
-pub fn request(
+/// Send `method path` with an optional typed `body`; read the 2xx answer as an `R`.
+pub fn call<B: Serialize, R: DeserializeOwned>(
     sock: &Path,
     method: &str,
     path: &str,
-    body: Option<&Value>,
+    body: Option<&B>,
+    timeout: Duration,
+) -> Result<R, ClientError> {
+    let v = request(sock, method, path, body, timeout)?;
+    serde_json::from_value(v.clone()).map_err(|_| ClientError::BadResponse(v.to_string()))
+}
+
+/// Send `method path` with an optional JSON `body`; return the JSON answer of a 2xx response.
+pub fn request<B: Serialize>(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&B>,
     timeout: Duration,
 ) -> Result<Value, ClientError> {
     let mut s = UnixStream::connect(sock).map_err(|source| ClientError::Connect {
@@ -35,7 +49,10 @@ pub fn request(
         source,
     })?;
     s.set_read_timeout(Some(timeout)).map_err(ClientError::Io)?;
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let body = match body {
+        Some(b) => serde_json::to_string(b).map_err(|e| ClientError::BadResponse(e.to_string()))?,
+        None => String::new(),
+    };
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()

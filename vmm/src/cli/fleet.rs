@@ -1,11 +1,13 @@
 //! The operator's subcommands over many VMs: `ls`, `stop`, `kill` and `balloon`, built on the
 //! registry (names) and the control API.
 
-use crate::api::client::{request, ClientError};
+use super::target::{Resolved, Target};
+use crate::api::client::{call, request, ClientError};
+use crate::api::types::{Action, ActionRequest, BalloonChange, VmInfo};
 use crate::host::registry::{self, Entry};
 use serde::Serialize;
-use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use serde_json::Value;
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Exit status of `stop` when the guest did not power off in time and was stopped by force.
@@ -22,50 +24,14 @@ pub enum ManageError {
     Registry(#[from] registry::RegistryError),
     #[error(transparent)]
     Client(#[from] ClientError),
-    #[error("name the VM: `plainvm {0} NAME` (see `plainvm ls`), or give its --api-sock")]
-    NoTarget(&'static str),
-    #[error("give the VM either as NAME or with --name, not both")]
-    TwoNames,
+    #[error(transparent)]
+    Target(#[from] super::target::TargetError),
     #[error("cannot tell which process serves {0}: its API does not answer and no registry entry names it")]
     NoPid(PathBuf),
     #[error("process {pid} did not end after SIGKILL within {secs} s")]
     Unkillable { pid: i32, secs: u64 },
     #[error(transparent)]
     Size(#[from] crate::config::size::SizeError),
-}
-
-/// A VM as a subcommand names it: positional NAME, `--name NAME` or `--api-sock PATH`.
-pub struct Target<'a> {
-    pub name: Option<&'a str>,
-    pub name_flag: Option<&'a str>,
-    pub api_sock: Option<&'a Path>,
-}
-
-/// A resolved target: its API socket and, when found through the registry, its entry.
-pub struct Resolved {
-    pub label: String,
-    pub sock: PathBuf,
-    pub entry: Option<Entry>,
-}
-
-impl Target<'_> {
-    /// Find the VM's API socket (`--api-sock` wins over the name).
-    pub fn resolve(&self, verb: &'static str) -> Result<Resolved, ManageError> {
-        let name = match (self.name, self.name_flag) {
-            (Some(_), Some(_)) => return Err(ManageError::TwoNames),
-            (a, b) => a.or(b),
-        };
-        if name.is_none() && self.api_sock.is_none() {
-            return Err(ManageError::NoTarget(verb));
-        }
-        let (sock, entry) = registry::resolve(name, self.api_sock)?;
-        let label = match (name, self.api_sock) {
-            (Some(n), _) => n.to_string(),
-            (None, Some(p)) => p.display().to_string(),
-            (None, None) => String::new(),
-        };
-        Ok(Resolved { label, sock, entry })
-    }
 }
 
 /// One line of `ls`.
@@ -122,14 +88,8 @@ pub fn rows() -> Vec<VmRow> {
 /// One VM's row (None: it ended meanwhile).
 fn row(e: Entry) -> Option<VmRow> {
     let uptime_s = now_unix().saturating_sub(e.started_unix);
-    let (state, agent) = match request(&e.api_sock, "GET", "/vm", None, LS_TIMEOUT) {
-        Ok(v) => (
-            v.get("state")
-                .and_then(Value::as_str)
-                .unwrap_or("Unknown")
-                .to_string(),
-            v.get("agent").and_then(Value::as_bool).unwrap_or(false),
-        ),
+    let (state, agent) = match call::<(), VmInfo>(&e.api_sock, "GET", "/vm", None, LS_TIMEOUT) {
+        Ok(v) => (format!("{:?}", v.state), v.agent),
         Err(_) if uptime_s < 10 => ("Starting".to_string(), false),
         Err(_) => ("Unresponsive".to_string(), false),
     };
@@ -193,12 +153,8 @@ fn process_of(t: &Resolved) -> Result<(i32, u64), ManageError> {
     if let Some(e) = &t.entry {
         return Ok((e.pid, e.proc_start));
     }
-    let v = request(&t.sock, "GET", "/vm", None, LS_TIMEOUT)?;
-    let pid = v
-        .get("pid")
-        .and_then(Value::as_i64)
-        .and_then(|p| i32::try_from(p).ok())
-        .ok_or_else(|| ManageError::NoPid(t.sock.clone()))?;
+    let v: VmInfo = call::<(), _>(&t.sock, "GET", "/vm", None, LS_TIMEOUT)?;
+    let pid = i32::try_from(v.pid).map_err(|_| ManageError::NoPid(t.sock.clone()))?;
     let start = registry::proc_start_time(pid).ok_or_else(|| ManageError::NoPid(t.sock.clone()))?;
     Ok((pid, start))
 }
@@ -222,7 +178,9 @@ fn force(t: &Resolved, pid: i32, start: u64) -> Result<&'static str, ManageError
         &t.sock,
         "PUT",
         "/actions",
-        Some(&json!({"action": "kill"})),
+        Some(&ActionRequest {
+            action: Action::Kill,
+        }),
         Duration::from_secs(1),
     )
     .is_ok();
@@ -277,7 +235,9 @@ pub fn stop(t: &Target, timeout: Duration) -> Result<i32, ManageError> {
                 &r.sock,
                 "PUT",
                 "/actions",
-                Some(&json!({"action": "stop"})),
+                Some(&ActionRequest {
+                    action: Action::Stop,
+                }),
                 Duration::from_secs(2),
             ) {
                 Ok(_) => {
@@ -315,7 +275,9 @@ pub fn balloon(t: &Target, size: &str) -> Result<Value, ManageError> {
         &r.sock,
         "PATCH",
         "/balloon",
-        Some(&json!({"amount_mib": bytes >> 20})),
+        Some(&BalloonChange {
+            amount_mib: bytes >> 20,
+        }),
         Duration::from_secs(10),
     )?)
 }

@@ -1,12 +1,17 @@
-//! The `plainvm migrate` and `plainvm receive` subcommands.
+//! `plainvm migrate` (through the VM's API, with a progress line) and `plainvm receive` (the
+//! destination: offer, memory, state, commit, then the VM runs here).
 
-use crate::api::client::request;
+use crate::api::client::call;
+use crate::api::types::{MigrateRequest, MigrateResult, OnTimeout, Progress};
 use crate::config::overrides::Overrides;
-use crate::migration::receiver::{receive, ReceiveOptions};
+use crate::config::VmConfig;
+use crate::migration::receiver::{Incoming, ReceiveError};
+use crate::vm::state::VmState;
+use crate::vm::{RestoreMemory, Vm};
 use clap::Args;
-use serde_json::{json, Value};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// `plainvm migrate`: options beyond the VM's API socket.
@@ -22,8 +27,8 @@ pub struct MigrateArgs {
     #[arg(long)]
     pub timeout_s: Option<u64>,
     /// At the timeout: cancel (keep running here) or force (switch with a longer pause).
-    #[arg(long, default_value = "cancel")]
-    pub on_timeout: String,
+    #[arg(long, value_enum, default_value = "cancel")]
+    pub on_timeout: OnTimeoutArg,
     /// Authenticate and encrypt the stream with this 32-byte key (same file on both hosts).
     #[arg(long)]
     pub key: Option<PathBuf>,
@@ -51,26 +56,33 @@ pub struct ReceiveArgs {
     pub set: Vec<String>,
 }
 
-fn hex(k: &[u8; 32]) -> String {
-    k.iter().map(|b| format!("{b:02x}")).collect()
+/// `--on-timeout`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum OnTimeoutArg {
+    Cancel,
+    Force,
 }
 
 /// Start a migration through the VM's API and show its progress until it ends.
 pub fn migrate(sock: &Path, args: &MigrateArgs) -> Result<i32, String> {
-    let mut body = json!({
-        "to": args.to,
-        "downtime_ms": args.downtime_ms,
-        "on_timeout": args.on_timeout,
-    });
-    if let Some(t) = args.timeout_s {
-        body["timeout_s"] = json!(t);
-    }
-    if let Some(k) = &args.key {
-        body["key"] = json!(hex(&crate::migration::read_key(k)?));
-    }
+    let body = MigrateRequest {
+        to: args.to.clone(),
+        downtime_ms: args.downtime_ms,
+        timeout_s: args.timeout_s,
+        on_timeout: match args.on_timeout {
+            OnTimeoutArg::Cancel => OnTimeout::Cancel,
+            OnTimeoutArg::Force => OnTimeout::Force,
+        },
+        key: match &args.key {
+            Some(k) => Some(crate::migration::key_to_hex(&crate::migration::read_key(
+                k,
+            )?)),
+            None => None,
+        },
+    };
     let sock2 = sock.to_path_buf();
-    let call = std::thread::spawn(move || {
-        request(
+    let call_thread = std::thread::spawn(move || {
+        call::<_, MigrateResult>(
             &sock2,
             "PUT",
             "/migrate",
@@ -81,9 +93,10 @@ pub fn migrate(sock: &Path, args: &MigrateArgs) -> Result<i32, String> {
     let tty = std::io::stderr().is_terminal();
     let start = Instant::now();
     let mut last_line = Instant::now();
-    while !call.is_finished() {
+    while !call_thread.is_finished() {
         std::thread::sleep(Duration::from_millis(200));
-        let Ok(p) = request(sock, "GET", "/migrate", None, Duration::from_secs(5)) else {
+        let Ok(p) = call::<(), Progress>(sock, "GET", "/migrate", None, Duration::from_secs(5))
+        else {
             continue;
         };
         let line = progress_line(&p, start.elapsed());
@@ -97,34 +110,35 @@ pub fn migrate(sock: &Path, args: &MigrateArgs) -> Result<i32, String> {
     if tty {
         eprintln!();
     }
-    let r = call
+    let r = call_thread
         .join()
         .map_err(|_| "the migration request thread failed".to_string())?
         .map_err(|e| format!("migration failed: {e}"))?;
     println!(
         "migrated: downtime {:.1} ms, total {:.0} ms, {} passes, {:.0} MiB sent at {:.0} MiB/s, throttled up to {}%",
-        r["downtime_ms"].as_f64().unwrap_or(0.0),
-        r["total_ms"].as_f64().unwrap_or(0.0),
-        r["passes"],
-        r["bytes_sent"].as_f64().unwrap_or(0.0) / 1048576.0,
-        r["bandwidth_mib_s"].as_f64().unwrap_or(0.0),
-        r["max_throttle_percent"]
+        r.downtime_ms,
+        r.total_ms,
+        r.passes,
+        r.bytes_sent as f64 / 1048576.0,
+        r.bandwidth_mib_s,
+        r.max_throttle_percent
     );
     let _ = std::io::stdout().flush();
     Ok(0)
 }
 
-fn progress_line(p: &Value, t: Duration) -> String {
+fn progress_line(p: &Progress, t: Duration) -> String {
+    let phase = serde_json::to_value(p.phase).unwrap_or_default();
     format!(
         "[{:5.1}s] {} pass {}: {} pages left, dirty {:.0} MiB/s, link {:.0} MiB/s, est. downtime {:.1} ms, throttle {}%",
         t.as_secs_f64(),
-        p["phase"].as_str().unwrap_or("?"),
-        p["pass"],
-        p["pages_left"],
-        p["dirty_rate_mib_s"].as_f64().unwrap_or(0.0),
-        p["bandwidth_mib_s"].as_f64().unwrap_or(0.0),
-        p["estimated_downtime_ms"].as_f64().unwrap_or(0.0),
-        p["throttle_percent"]
+        phase.as_str().unwrap_or("?"),
+        p.pass,
+        p.pages_left,
+        p.dirty_rate_mib_s,
+        p.bandwidth_mib_s,
+        p.estimated_downtime_ms,
+        p.throttle_percent
     )
 }
 
@@ -140,16 +154,61 @@ pub fn run_receive(args: ReceiveArgs) -> Result<i32, String> {
     if let Some(name) = &args.name {
         crate::host::registry::check_free(name).map_err(|e| e.to_string())?;
     }
-    let out = receive(ReceiveOptions {
-        listen,
-        key,
-        name: args.name,
-        api_sock: args.api_sock,
-        overrides,
-    })
-    .map_err(|e| format!("incoming migration failed, nothing runs here: {e}"))?;
+    let mut incoming = Incoming::accept(listen, key.as_ref()).map_err(failed)?;
+    let taken = take(
+        &mut incoming,
+        &overrides,
+        args.name.as_deref(),
+        args.api_sock.as_deref(),
+    );
+    let (vm, reg) = match taken {
+        Ok(t) => t,
+        Err(e) => {
+            incoming.refuse(&e);
+            return Err(failed(e));
+        }
+    };
+    incoming
+        .commit()
+        .map_err(|e| format!("the source did not commit ({e}); nothing runs here"))?;
+    // Committed: this VM runs here now, whatever happens to the link.
+    let vm = Arc::new(vm);
+    super::run::serve(&vm, reg.as_ref(), args.api_sock.as_deref())?;
+    let out = vm.run().map_err(|e| e.to_string())?;
+    drop(reg);
     match out.reason {
         crate::host::exit::ExitReason::Crash(msg) => Err(msg),
         r => Ok(r.status()),
     }
+}
+
+fn failed(e: impl std::fmt::Display) -> String {
+    format!("incoming migration failed, nothing runs here: {e}")
+}
+
+/// Everything before the commit: the offer is checked, the name claimed, memory and state
+/// received and the VM built (not started). Any error here leaves the source running.
+fn take(
+    incoming: &mut Incoming,
+    overrides: &Overrides,
+    name: Option<&str>,
+    api_sock: Option<&Path>,
+) -> Result<(Vm, Option<crate::host::registry::Registration>), String> {
+    let incompatible =
+        |e: &dyn std::fmt::Display| ReceiveError::Incompatible(e.to_string()).to_string();
+    let hello = incoming.hello().map_err(|e| e.to_string())?;
+    crate::vcpu::cpuid::check_cpuid(&hello.cpuid).map_err(|e| incompatible(&e))?;
+    let cfg: VmConfig = overrides
+        .apply(hello.config)
+        .map_err(|e| incompatible(&e))?;
+    crate::config::check_memory(cfg.memory_bytes).map_err(|e| incompatible(&e))?;
+    // Claimed before the commit: a name taken meanwhile refuses the VM, the source runs on.
+    let reg = super::run::register(name, api_sock, &cfg)?;
+    let mem = crate::memory::Layout::new(cfg.memory_bytes)
+        .create_memory()
+        .map_err(|e| incompatible(&e))?;
+    let state = incoming.receive_memory(&mem).map_err(|e| e.to_string())?;
+    let state = VmState::decode(&state).map_err(|e| e.to_string())?;
+    let vm = Vm::restore(&cfg, &state, RestoreMemory::Filled(mem)).map_err(|e| e.to_string())?;
+    Ok((vm, reg))
 }

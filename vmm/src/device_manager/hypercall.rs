@@ -39,6 +39,14 @@ pub enum HypercallError {
     Signal(std::io::Error),
 }
 
+/// What the hypercall device carries over a snapshot or migration: the generation (bumped on
+/// every restore and migration) and whether a guest agent announced itself.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct HypercallSaved {
+    pub generation: u64,
+    pub agent: Option<u32>,
+}
+
 /// Post `kind` for the guest agent (it polls with the REQUEST call); returns the request id.
 /// This is what `plainvm stop` and the control API use.
 pub fn post_request(state: &HypercallState, kind: RequestKind) -> Result<u32, StateError> {

@@ -70,15 +70,3 @@ impl ExitSignal {
         r.clone().unwrap_or(ExitReason::PowerOff)
     }
 }
-
-/// Lets a device (the i8042 reset line) end the VM: a guest-requested reset is a clean stop.
-pub struct ResetTrigger(pub std::sync::Arc<ExitSignal>);
-
-impl vm_superio::Trigger for ResetTrigger {
-    type E = std::convert::Infallible;
-
-    fn trigger(&self) -> Result<(), Self::E> {
-        self.0.request(ExitReason::PowerOff);
-        Ok(())
-    }
-}

@@ -1,7 +1,6 @@
 //! Auto-converge: when the guest dirties memory faster than the link sends it, take a growing
 //! share of every period away from its vCPUs.
 
-use crate::vcpu::control::VcpuControl;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -12,6 +11,14 @@ const PERIOD: Duration = Duration::from_millis(50);
 /// Highest share of a period the vCPUs are held.
 pub const MAX_PERCENT: u32 = 99;
 
+/// What the throttle holds: the VM's vCPUs.
+pub trait Hold: Send + Sync {
+    /// Hold the vCPUs (within `timeout`); false when they could not be held this time.
+    fn hold(&self, timeout: Duration) -> bool;
+    /// Let them run again.
+    fn release(&self);
+}
+
 /// A running throttle; vCPUs run freely again when it is stopped.
 pub struct Throttle {
     percent: Arc<AtomicU32>,
@@ -20,8 +27,8 @@ pub struct Throttle {
 }
 
 impl Throttle {
-    /// Start a throttle at 0 % for `control`'s vCPUs.
-    pub fn start(control: Arc<VcpuControl>) -> Self {
+    /// Start a throttle at 0 % for the vCPUs behind `target`.
+    pub fn start(target: Arc<dyn Hold>) -> Self {
         let percent = Arc::new(AtomicU32::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let (p, s) = (percent.clone(), stop.clone());
@@ -30,12 +37,12 @@ impl Throttle {
             .spawn(move || {
                 while !s.load(Ordering::SeqCst) {
                     let pct = p.load(Ordering::SeqCst).min(MAX_PERCENT);
-                    if pct == 0 || control.pause(Duration::from_secs(1)).is_err() {
+                    if pct == 0 || !target.hold(Duration::from_secs(1)) {
                         std::thread::sleep(PERIOD);
                         continue;
                     }
                     std::thread::sleep(PERIOD * pct / 100);
-                    control.resume();
+                    target.release();
                     std::thread::sleep(PERIOD * (100 - pct) / 100);
                 }
             })

@@ -5,6 +5,7 @@ pub mod converge;
 pub mod fault;
 pub mod frame;
 pub mod pages;
+pub mod progress;
 pub mod receiver;
 pub mod sender;
 
@@ -29,17 +30,29 @@ pub fn parse_tcp(s: &str) -> Result<SocketAddr, AddrError> {
         .ok_or_else(|| AddrError::Bad(s.into()))
 }
 
+/// A key written as 64 hex digits.
+pub fn key_from_hex(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut k = [0u8; 32];
+    for (i, b) in k.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(k)
+}
+
+/// The key as 64 hex digits (what the CLI sends in `PUT /migrate`).
+pub fn key_to_hex(k: &[u8; 32]) -> String {
+    k.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Read a migration key file: 32 bytes, raw or as 64 hex digits.
 pub fn read_key(path: &std::path::Path) -> Result<[u8; 32], String> {
     let bytes =
         std::fs::read(path).map_err(|e| format!("cannot read key file {}: {e}", path.display()))?;
     let text = String::from_utf8_lossy(&bytes);
-    let hex = text.trim();
-    if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        let mut k = [0u8; 32];
-        for (i, k) in k.iter_mut().enumerate() {
-            *k = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(0);
-        }
+    if let Some(k) = key_from_hex(text.trim()) {
         return Ok(k);
     }
     <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {

@@ -1,17 +1,11 @@
-//! The destination side: check the offer, take the memory passes, load the state, and run the
-//! VM only once the source commits.
+//! The destination side, step by step: the offer, the memory passes, the state, the commit.
 
 use super::frame::{Channel, FrameError, Kind};
 use super::pages::{MemoryImage, PagesError};
 use super::sender::Hello;
-use crate::config::overrides::Overrides;
-use crate::config::VmConfig;
-use crate::memory::Layout;
-use crate::vm::state::VmState;
-use crate::vm::{Restore, RestoreMemory, RunOptions, RunResult, VmError};
 use bincode::Options;
+use plainvm_devices::GuestRam;
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
 use std::time::Duration;
 
 /// Errors receiving a VM. Nothing runs here when one occurs.
@@ -27,26 +21,13 @@ pub enum ReceiveError {
     Incompatible(String),
     #[error("the migration stream is corrupted: {0}")]
     Decode(String),
-    #[error(transparent)]
-    Vm(#[from] VmError),
-    #[error(transparent)]
-    Registry(#[from] crate::host::registry::RegistryError),
-}
-
-/// How to receive.
-pub struct ReceiveOptions {
-    pub listen: SocketAddr,
-    pub key: Option<[u8; 32]>,
-    /// The VM's name in the registry (None: a generated one).
-    pub name: Option<String>,
-    pub api_sock: Option<PathBuf>,
-    pub overrides: Overrides,
 }
 
 /// Largest handshake or state frame decoded.
 const MAX_DECODE: u64 = 16 << 20;
 
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, ReceiveError> {
+/// Decode a bincode frame payload, bounded in size, refusing garbage with an error.
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, ReceiveError> {
     bincode::options()
         .with_fixint_encoding()
         .allow_trailing_bytes()
@@ -55,116 +36,84 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T,
         .map_err(|e| ReceiveError::Decode(format!("{what}: {e}")))
 }
 
-/// Wait for one incoming migration and run the VM once the source commits. Returns when the VM
-/// stops (like `vm::run`).
-pub fn receive(opts: ReceiveOptions) -> Result<RunResult, ReceiveError> {
-    let listener =
-        TcpListener::bind(opts.listen).map_err(|e| ReceiveError::Listen(opts.listen, e))?;
-    eprintln!("plainvm: waiting for a migration on {}", opts.listen);
-    let (stream, peer) = listener
-        .accept()
-        .map_err(|e| ReceiveError::Listen(opts.listen, e))?;
-    drop(listener);
-    eprintln!("plainvm: migration from {peer}");
-    let mut ch = Channel::accept(stream, opts.key.as_ref())?;
-    let taken = take(&mut ch, &opts.overrides).and_then(|(cfg, state, mem)| {
-        // Claimed before the commit: a name taken meanwhile refuses the VM, the source runs on.
-        let reg =
-            crate::host::registry::register(opts.name.as_deref(), opts.api_sock.as_deref(), &cfg)?;
-        Ok((cfg, state, mem, reg))
-    });
-    match taken {
-        Err(e) => {
-            ch.send_error(&e.to_string());
-            Err(e)
-        }
-        Ok((cfg, state, mem, reg)) => {
-            let restore = Restore {
-                state,
-                memory: RestoreMemory::Filled(mem),
-            };
-            let gate = Box::new(move || -> Result<(), String> {
-                super::fault::crash_at(super::fault::DEST_BEFORE_STATE_READY);
-                let r = ch
-                    .send_now(Kind::StateReady, &[])
-                    .and_then(|_| ch.expect(Kind::Commit, "the commit"));
-                if let Err(e) = r {
-                    return Err(format!(
-                        "the source did not commit ({e}); nothing runs here"
-                    ));
-                }
-                // Committed: this VM runs now, whether or not the source hears about it.
-                if super::fault::armed(super::fault::DEST_DROP_AFTER_COMMIT) {
-                    eprintln!("plainvm: fault injection: dropping the link after the commit");
-                    drop(ch);
-                    return Ok(());
-                }
-                let _ = ch.send_now(Kind::Running, &[]);
-                Ok(())
-            });
-            let run = RunOptions {
-                restore: Some(restore),
-                api_sock: reg
-                    .as_ref()
-                    .map(|r| r.api_sock().to_path_buf())
-                    .or(opts.api_sock),
-                before_start: Some(gate),
-            };
-            let out = crate::vm::run(&cfg, run);
-            drop(reg);
-            Ok(out?)
-        }
-    }
+/// An incoming migration, driven step by step by the caller (`cli::migrate`): handshake,
+/// memory passes into guest memory, the state, then the commit. Until `commit` returns, nothing
+/// may run here; any error before it should be sent back with `refuse`, and the source runs on.
+pub struct Incoming {
+    ch: Channel,
 }
 
-/// Everything up to the state: handshake, memory passes, the state itself.
-fn take(
-    ch: &mut Channel,
-    overrides: &Overrides,
-) -> Result<(VmConfig, VmState, plainvm_devices::GuestRam), ReceiveError> {
-    let hello: Hello = decode(&ch.expect(Kind::Hello, "the handshake")?, "handshake")?;
-    crate::vcpu::cpuid::check_cpuid(&hello.cpuid)
-        .map_err(|e| ReceiveError::Incompatible(e.to_string()))?;
-    let cfg = overrides
-        .apply(hello.config)
-        .map_err(|e| ReceiveError::Incompatible(e.to_string()))?;
-    crate::config::check_memory(cfg.memory_bytes)
-        .map_err(|e| ReceiveError::Incompatible(e.to_string()))?;
-    let mem = Layout::new(cfg.memory_bytes)
-        .create_memory()
-        .map_err(|e| ReceiveError::Incompatible(e.to_string()))?;
-    let img = MemoryImage::new(&mem);
-    ch.send_now(Kind::Ready, &[])?;
-    let mut pass = 1;
-    loop {
-        let (kind, payload) = ch.recv()?;
-        match kind {
-            Kind::Pages => {
-                img.apply_pages(&payload)?;
-            }
-            Kind::Zeros => {
-                img.apply_zeros(&payload)?;
-            }
-            Kind::PassEnd => {
-                eprintln!("plainvm: migration: pass {pass} received");
-                pass += 1;
-            }
-            Kind::State => {
-                eprintln!("plainvm: migration: receiving the final state");
-                let state: VmState = decode(&payload, "VM state")?;
-                if state.vcpus.len() != usize::from(cfg.cpus) {
-                    return Err(ReceiveError::Decode("vCPU count does not match".into()));
+impl Incoming {
+    /// Listen on `listen`, take one connection and check its preamble (and key).
+    pub fn accept(listen: SocketAddr, key: Option<&[u8; 32]>) -> Result<Self, ReceiveError> {
+        let listener = TcpListener::bind(listen).map_err(|e| ReceiveError::Listen(listen, e))?;
+        eprintln!("plainvm: waiting for a migration on {listen}");
+        let (stream, peer) = listener
+            .accept()
+            .map_err(|e| ReceiveError::Listen(listen, e))?;
+        drop(listener);
+        eprintln!("plainvm: migration from {peer}");
+        Ok(Self {
+            ch: Channel::accept(stream, key)?,
+        })
+    }
+
+    /// The source's offer: its configuration and CPUID.
+    pub fn hello(&mut self) -> Result<Hello, ReceiveError> {
+        decode(&self.ch.expect(Kind::Hello, "the handshake")?, "handshake")
+    }
+
+    /// Take the memory passes into `mem` (fresh guest memory of the offered size); returns the
+    /// encoded VM state that ends them.
+    pub fn receive_memory(&mut self, mem: &GuestRam) -> Result<Vec<u8>, ReceiveError> {
+        let img = MemoryImage::new(mem);
+        self.ch.send_now(Kind::Ready, &[])?;
+        let mut pass = 1;
+        loop {
+            let (kind, payload) = self.ch.recv()?;
+            match kind {
+                Kind::Pages => {
+                    img.apply_pages(&payload)?;
                 }
-                return Ok((cfg, state, mem));
-            }
-            got => {
-                return Err(FrameError::Unexpected {
-                    got,
-                    want: "memory pages or the state",
+                Kind::Zeros => {
+                    img.apply_zeros(&payload)?;
                 }
-                .into())
+                Kind::PassEnd => {
+                    eprintln!("plainvm: migration: pass {pass} received");
+                    pass += 1;
+                }
+                Kind::State => {
+                    eprintln!("plainvm: migration: receiving the final state");
+                    return Ok(payload);
+                }
+                got => {
+                    return Err(FrameError::Unexpected {
+                        got,
+                        want: "memory pages or the state",
+                    }
+                    .into())
+                }
             }
         }
+    }
+
+    /// Tell the source the VM is ready and wait for its commit. Once this returns Ok the VM is
+    /// committed here: the caller runs it, whatever happens to the link.
+    pub fn commit(mut self) -> Result<(), ReceiveError> {
+        super::fault::crash_at(super::fault::DEST_BEFORE_STATE_READY);
+        self.ch.send_now(Kind::StateReady, &[])?;
+        self.ch.expect(Kind::Commit, "the commit")?;
+        if super::fault::armed(super::fault::DEST_DROP_AFTER_COMMIT) {
+            eprintln!("plainvm: fault injection: dropping the link after the commit");
+            return Ok(());
+        }
+        let _ = self.ch.send_now(Kind::Running, &[]);
+        Ok(())
+    }
+
+    /// Give up before the commit: the source is told why and keeps running.
+    pub fn refuse(&mut self, why: &str) {
+        self.ch.send_error(why);
     }
 }
 

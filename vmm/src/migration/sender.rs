@@ -1,12 +1,15 @@
-//! The source side: memory passes while the guest runs, then a short pause for the rest.
+//! The source side: memory passes while the guest runs, then a short pause for the rest. It
+//! works on any `Source` (the VM implements it in `vm::migrate`), so it knows nothing of KVM.
 
-use super::converge::Throttle;
+use super::converge::{Hold, Throttle};
 use super::frame::{Channel, FrameError, Kind};
 use super::pages::{batch_header, MemoryImage, BATCH, PAGE};
-use crate::host::exit::ExitReason;
-use crate::vm::controller::{ControllerError, VmController};
+use super::progress::{MigrateResult, Phase, Progress};
+use crate::memory::slots::DirtyBitmap;
+use plainvm_devices::GuestRam;
 use serde::{Deserialize, Serialize};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What the source sends first: enough for the destination to check it can run the VM.
@@ -15,6 +18,31 @@ pub struct Hello {
     #[serde(with = "crate::config::as_json")]
     pub config: crate::config::VmConfig,
     pub cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
+}
+
+/// A failure of the VM being migrated (pausing it, reading its state or dirty log).
+pub type SourceError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The VM being migrated, as the sender needs it.
+pub trait Source {
+    /// The handshake: configuration and CPUID.
+    fn hello(&self) -> Hello;
+    /// Guest memory.
+    fn memory(&self) -> &GuestRam;
+    /// Start (or restart) the dirty-page log with nothing in it.
+    fn start_dirty_log(&self) -> Result<(), SourceError>;
+    /// The pages written since the last call, one bitmap per memory region.
+    fn take_dirty(&self) -> Result<Vec<DirtyBitmap>, SourceError>;
+    /// True when the VM was paused before the migration.
+    fn is_paused(&self) -> bool;
+    /// Stop vCPUs and devices.
+    fn pause(&self) -> Result<(), SourceError>;
+    /// Let them run again.
+    fn resume(&self);
+    /// The whole VM state, encoded (the VM is paused).
+    fn save_state(&self) -> Result<Vec<u8>, SourceError>;
+    /// What auto-converge holds.
+    fn throttle_target(&self) -> Arc<dyn Hold>;
 }
 
 /// How to migrate.
@@ -29,31 +57,6 @@ pub struct MigrateOptions {
     pub key: Option<[u8; 32]>,
 }
 
-/// Progress, for the API and the progress bar.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Progress {
-    pub phase: &'static str,
-    pub pass: u32,
-    pub pages_left: u64,
-    pub dirty_rate_mib_s: f64,
-    pub bandwidth_mib_s: f64,
-    pub estimated_downtime_ms: f64,
-    pub throttle_percent: u32,
-    pub bytes_sent: u64,
-}
-
-/// The outcome of a successful migration.
-#[derive(Clone, Debug, Serialize)]
-pub struct MigrateResult {
-    pub downtime_ms: f64,
-    pub total_ms: f64,
-    pub passes: u32,
-    pub bytes_sent: u64,
-    pub bandwidth_mib_s: f64,
-    /// The largest share of time the vCPUs were held back to converge.
-    pub max_throttle_percent: u32,
-}
-
 /// Errors migrating out.
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
@@ -61,8 +64,8 @@ pub enum MigrateError {
     Connect(SocketAddr, std::io::Error),
     #[error(transparent)]
     Stream(#[from] FrameError),
-    #[error(transparent)]
-    Controller(#[from] ControllerError),
+    #[error("{0}")]
+    Source(SourceError),
     #[error("migration did not converge within {0:?}; cancelled, the VM keeps running here")]
     Timeout(Duration),
     #[error("the link broke at the commit ({0}): the destination may or may not be running the VM. This VM stays PAUSED so that there are never two running copies: check the destination, and only if it is not running, `plainvm resume` here")]
@@ -73,51 +76,33 @@ pub enum MigrateError {
 
 const MIB: f64 = 1048576.0;
 
-/// Migrate `ctl`'s VM to `opts.to`. On success the VM runs at the destination and this process
-/// is asked to exit; on failure before the commit point the VM keeps running here.
+/// Migrate `src` to `opts.to`. On success the VM runs at the destination (the caller ends this
+/// copy); on failure before the commit point the VM keeps running here.
 pub fn migrate(
-    ctl: &VmController,
+    src: &dyn Source,
     opts: &MigrateOptions,
     report: &dyn Fn(&Progress),
 ) -> Result<MigrateResult, MigrateError> {
     let t0 = Instant::now();
-    let was_paused = ctl.control.is_paused();
+    let was_paused = src.is_paused();
     let stream = TcpStream::connect_timeout(&opts.to, Duration::from_secs(10))
         .map_err(|e| MigrateError::Connect(opts.to, e))?;
     let mut ch = Channel::connect(stream, opts.key.as_ref())?;
     ch.set_timeout(Some(Duration::from_secs(60)))
         .map_err(FrameError::Io)?;
-    let hello = Hello {
-        config: ctl.config.clone(),
-        cpuid: ctl
-            .vcpus
-            .first()
-            .map(|v| v.cpuid.as_slice().to_vec())
-            .unwrap_or_default(),
-    };
-    let hello = bincode::serialize(&hello)
+    let hello = bincode::serialize(&src.hello())
         .map_err(|e| FrameError::Corrupt(format!("cannot encode the handshake: {e}")))?;
     ch.send_now(Kind::Hello, &hello)?;
     ch.expect(Kind::Ready, "the destination to get ready")?;
 
-    let img = MemoryImage::new(&ctl.mem);
-    // The log now records what the passes must resend; it no longer serves diff snapshots.
-    *ctl.last_snapshot.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    let img = MemoryImage::new(src.memory());
     let take_dirty = || -> Result<Vec<u64>, MigrateError> {
-        let slots = ctl.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let d = slots
-            .take_dirty(&ctl.vm, &ctl.mem)
-            .map_err(ControllerError::from)?;
+        let d = src.take_dirty().map_err(MigrateError::Source)?;
         Ok(img.dirty_pages(&d))
     };
-    ctl.slots
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .set_dirty_logging(&ctl.vm, true)
-        .map_err(ControllerError::from)?;
-    take_dirty()?;
+    src.start_dirty_log().map_err(MigrateError::Source)?;
 
-    let throttle = Throttle::start(ctl.control.clone());
+    let throttle = Throttle::start(src.throttle_target());
     let result = passes(
         opts,
         was_paused,
@@ -134,7 +119,7 @@ pub fn migrate(
         Err(e) => {
             ch.send_error(&e.to_string());
             if !was_paused {
-                ctl.resume();
+                src.resume();
             }
             return Err(e);
         }
@@ -142,16 +127,14 @@ pub fn migrate(
 
     // Final phase: stop the guest, send what is left and the device state.
     let paused_at = Instant::now();
-    if let Err(e) = ctl.pause() {
+    if let Err(e) = src.pause() {
         ch.send_error(&e.to_string());
-        return Err(e.into());
+        return Err(MigrateError::Source(e));
     }
     let before_commit = (|| -> Result<(), MigrateError> {
         let dirty = take_dirty()?;
         send_pages(&mut ch, &img, &dirty, true)?;
-        let state = ctl.save_state()?;
-        let bytes = bincode::serialize(&state)
-            .map_err(|e| FrameError::Corrupt(format!("cannot encode the VM state: {e}")))?;
+        let bytes = src.save_state().map_err(MigrateError::Source)?;
         ch.send(Kind::State, &[&bytes])?;
         ch.flush()?;
         ch.expect(Kind::StateReady, "the destination to load the state")?;
@@ -160,7 +143,7 @@ pub fn migrate(
     if let Err(e) = before_commit {
         ch.send_error(&e.to_string());
         if !was_paused {
-            ctl.resume();
+            src.resume();
         }
         return Err(e);
     }
@@ -181,16 +164,6 @@ pub fn migrate(
         bandwidth_mib_s: ch.bytes_sent as f64 / MIB / total.as_secs_f64(),
         max_throttle_percent,
     };
-    // The process ends once the API has answered (see `api::server`).
-    *ctl.pending_exit.lock().unwrap_or_else(|e| e.into_inner()) =
-        Some(ExitReason::Migrated(format!(
-            "migrated to {}: downtime {:.1} ms, total {:.0} ms, {} passes, {:.0} MiB sent",
-            opts.to,
-            result.downtime_ms,
-            result.total_ms,
-            passes,
-            result.bytes_sent as f64 / MIB
-        )));
     Ok(result)
 }
 
@@ -206,7 +179,7 @@ fn passes(
 ) -> Result<u32, MigrateError> {
     let start = Instant::now();
     let mut progress = Progress {
-        phase: "first pass",
+        phase: Phase::FirstPass,
         pass: 1,
         ..Default::default()
     };
@@ -224,7 +197,7 @@ fn passes(
         let dirty_bytes = (dirty.len() * PAGE) as f64;
         let estimate = Duration::from_secs_f64(dirty_bytes / bandwidth);
         progress = Progress {
-            phase: "dirty pages",
+            phase: Phase::DirtyPages,
             pass: progress.pass + 1,
             pages_left: dirty.len() as u64,
             dirty_rate_mib_s: dirty_bytes / MIB / last_pass_time.as_secs_f64().max(1e-6),

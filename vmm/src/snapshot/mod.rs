@@ -1,10 +1,10 @@
-//! Snapshots on disk: a directory with a checksummed state file and a sparse memory file.
+//! Snapshots on disk: a directory with a checksummed state file and a sparse memory file. The
+//! state is opaque bytes here (`vm::state` encodes it).
 
 pub mod memory_file;
 pub mod state_file;
 
 use crate::memory::slots::DirtyBitmap;
-use crate::vm::state::VmState;
 use plainvm_devices::GuestRam;
 use std::path::{Path, PathBuf};
 
@@ -46,7 +46,7 @@ pub enum SnapshotError {
 }
 
 /// What a snapshot cost.
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct SnapshotStats {
     /// Bytes of guest memory written (zero and untouched pages are holes).
     pub memory_bytes_written: u64,
@@ -56,7 +56,7 @@ pub struct SnapshotStats {
 /// temporary directory beside it that is renamed into place only when complete.
 pub fn create(
     dir: &Path,
-    state: &VmState,
+    state: &[u8],
     mem: &GuestRam,
     content: MemoryContent<'_>,
 ) -> Result<SnapshotStats, SnapshotError> {
@@ -127,7 +127,7 @@ pub fn load_memory(dir: &Path, mem: &GuestRam, copy: bool) -> Result<(), Snapsho
     }
 }
 
-/// Read and check a snapshot's state file.
-pub fn load_state(dir: &Path) -> Result<VmState, SnapshotError> {
+/// Read and check a snapshot's state file; returns the encoded state.
+pub fn load_state(dir: &Path) -> Result<Vec<u8>, SnapshotError> {
     Ok(state_file::read(&dir.join(STATE_FILE))?)
 }

@@ -1,6 +1,5 @@
-//! The state file: magic, format version, length, the serialized `VmState`, then a CRC-64.
+//! The state file: magic, format version, length, the encoded VM state, then a CRC-64.
 
-use crate::vm::state::VmState;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -27,30 +26,22 @@ pub enum StateFileError {
     Version { path: PathBuf, found: u32 },
     #[error("{0} is truncated or corrupted (length or checksum mismatch)")]
     Corrupt(PathBuf),
-    #[error("cannot encode the VM state: {0}")]
-    Encode(bincode::Error),
-    #[error("{path} is corrupted: cannot decode the VM state: {source}")]
-    Decode {
-        path: PathBuf,
-        source: bincode::Error,
-    },
 }
 
-/// Encode `state` with header and checksum.
-pub fn encode(state: &VmState) -> Result<Vec<u8>, StateFileError> {
-    let payload = bincode::serialize(state).map_err(StateFileError::Encode)?;
+/// Wrap the encoded state `payload` in header and checksum.
+pub fn encode(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 28);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&payload);
+    out.extend_from_slice(payload);
     let crc = CRC.checksum(&out);
     out.extend_from_slice(&crc.to_le_bytes());
-    Ok(out)
+    out
 }
 
-/// Check header and checksum of `bytes` and decode the state (`path` names it in errors).
-pub fn decode(bytes: &[u8], path: &Path) -> Result<VmState, StateFileError> {
+/// Check header and checksum of `bytes` and return the encoded state (`path` names it in errors).
+pub fn decode<'a>(bytes: &'a [u8], path: &Path) -> Result<&'a [u8], StateFileError> {
     let p = || path.to_path_buf();
     if bytes.len() < 8 || &bytes[..8] != MAGIC {
         return Err(StateFileError::Magic(p()));
@@ -71,12 +62,11 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<VmState, StateFileError> {
     if CRC.checksum(&bytes[..body_end]) != crc {
         return Err(StateFileError::Corrupt(p()));
     }
-    bincode::deserialize(&bytes[20..body_end])
-        .map_err(|source| StateFileError::Decode { path: p(), source })
+    Ok(&bytes[20..body_end])
 }
 
 /// Write the state file (fsync'd: the snapshot is renamed into place right after).
-pub fn write(path: &Path, state: &VmState) -> Result<(), StateFileError> {
+pub fn write(path: &Path, payload: &[u8]) -> Result<(), StateFileError> {
     let io = |what| {
         move |source| StateFileError::Io {
             what,
@@ -84,14 +74,14 @@ pub fn write(path: &Path, state: &VmState) -> Result<(), StateFileError> {
             source,
         }
     };
-    let bytes = encode(state)?;
+    let bytes = encode(payload);
     let mut f = std::fs::File::create(path).map_err(io("create"))?;
     f.write_all(&bytes).map_err(io("write"))?;
     f.sync_all().map_err(io("sync"))
 }
 
-/// Read and check the state file.
-pub fn read(path: &Path) -> Result<VmState, StateFileError> {
+/// Read and check the state file; returns the encoded state.
+pub fn read(path: &Path) -> Result<Vec<u8>, StateFileError> {
     let io = |what| {
         move |source| StateFileError::Io {
             what,
@@ -104,5 +94,5 @@ pub fn read(path: &Path) -> Result<VmState, StateFileError> {
         return Err(StateFileError::Corrupt(path.to_path_buf()));
     }
     let bytes = std::fs::read(path).map_err(io("read"))?;
-    decode(&bytes, path)
+    decode(&bytes, path).map(<[u8]>::to_vec)
 }

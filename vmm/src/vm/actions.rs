@@ -1,11 +1,12 @@
 //! Lifecycle actions on a running VM for the control API: graceful stop through the guest
 //! agent, kill, and the balloon target.
 
+use super::Vm;
 use crate::device_manager::hypercall::{post_request, RequestKind};
 use crate::host::exit::ExitReason;
-use crate::vm::controller::VmController;
 use plainvm_devices::hypercall::proto;
-use serde::Serialize;
+use plainvm_devices::lock;
+use serde::{Deserialize, Serialize};
 
 /// Errors of lifecycle actions. A failed action changes nothing.
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +22,7 @@ pub enum ActionError {
 }
 
 /// The balloon after a new target was set.
-#[derive(Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BalloonTarget {
     pub target_mib: u64,
     /// What the guest has given back so far.
@@ -29,13 +30,13 @@ pub struct BalloonTarget {
 }
 
 /// What `stop` did.
-#[derive(Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StopPosted {
     /// The request id the guest agent will see.
     pub request: u32,
 }
 
-impl VmController {
+impl Vm {
     /// True when a guest agent that obeys power requests has announced itself.
     pub fn agent_listening(&self) -> bool {
         self.hypercall
@@ -55,7 +56,7 @@ impl VmController {
     /// End the VM without asking the guest, right after the API request is answered (so the
     /// client gets its answer before the process goes away).
     pub fn kill(&self) {
-        *self.pending_exit.lock().unwrap_or_else(|e| e.into_inner()) =
+        *lock(&self.pending_exit) =
             Some(ExitReason::Crash("killed through the control API".into()));
     }
 

@@ -2,6 +2,7 @@
 //! vCPUs. One type serves snapshot, restore and migration.
 
 use crate::config::VmConfig;
+pub use crate::device_manager::hypercall::HypercallSaved;
 use crate::vcpu::state::VcpuState;
 use kvm_bindings::{
     kvm_clock_data, kvm_irqchip, kvm_pit_state2, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
@@ -20,7 +21,14 @@ pub enum VmStateError {
         what: &'static str,
         source: kvm_ioctls::Error,
     },
+    #[error("cannot encode the VM state: {0}")]
+    Encode(bincode::Error),
+    #[error("the saved VM state is corrupted: cannot decode it: {0}")]
+    Decode(bincode::Error),
 }
+
+/// Largest encoded VM state decoded (vCPU state is a few KiB each).
+pub const MAX_ENCODED: u64 = 16 << 20;
 
 /// VM-wide KVM state.
 #[derive(Clone, Serialize, Deserialize)]
@@ -44,12 +52,22 @@ pub struct VmState {
     pub vcpus: Vec<VcpuState>,
 }
 
-/// What the hypercall device must carry over: the generation (bumped on every restore and
-/// migration) and whether a guest agent announced itself.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
-pub struct HypercallSaved {
-    pub generation: u64,
-    pub agent: Option<u32>,
+impl VmState {
+    /// The state as bytes (for the snapshot's state file and the migration's State frame).
+    pub fn encode(&self) -> Result<Vec<u8>, VmStateError> {
+        bincode::serialize(self).map_err(VmStateError::Encode)
+    }
+
+    /// Read back what `encode` wrote; garbage is an error, never a panic or a huge allocation.
+    pub fn decode(bytes: &[u8]) -> Result<Self, VmStateError> {
+        use bincode::Options;
+        bincode::options()
+            .with_fixint_encoding()
+            .allow_trailing_bytes()
+            .with_limit(MAX_ENCODED)
+            .deserialize(bytes)
+            .map_err(VmStateError::Decode)
+    }
 }
 
 const CHIPS: [u32; 3] = [

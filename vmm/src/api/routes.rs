@@ -1,0 +1,154 @@
+//! Which `Vm` method answers which request: method and path to a typed request, its reply or
+//! error as JSON with a status. Independent of the HTTP server, so it is tested directly.
+
+use super::types::*;
+use crate::migration::sender::{MigrateError, MigrateOptions};
+use crate::vm::actions::ActionError;
+use crate::vm::Vm;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::time::Duration;
+
+/// An answer: status and JSON body.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+}
+
+impl Reply {
+    /// A 200 with `value`.
+    pub fn ok<T: Serialize>(value: &T) -> Self {
+        Self {
+            status: 200,
+            body: serde_json::to_string(value).unwrap_or_else(|_| "{}".into()),
+        }
+    }
+
+    /// An error with a readable message.
+    pub fn error(status: u16, msg: impl std::fmt::Display) -> Self {
+        Self {
+            status,
+            body: serde_json::to_string(&ErrorReply {
+                error: msg.to_string(),
+            })
+            .unwrap_or_else(|_| "{}".into()),
+        }
+    }
+}
+
+/// The body as a `T`, or a 400 that says what was expected.
+fn parse<T: DeserializeOwned>(body: &[u8], expected: &str) -> Result<T, Reply> {
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => Reply::error(
+            400,
+            format!("the request body is not JSON ({e}): expected {expected}"),
+        ),
+        _ => Reply::error(400, format!("expected {expected}: {e}")),
+    })
+}
+
+/// Answer `method path` with `body` on `vm`.
+pub fn route(method: &str, path: &str, body: &[u8], vm: &Vm) -> Reply {
+    let r = match (method, path) {
+        ("GET", "/vm") => Ok(Reply::ok(&vm.info())),
+        ("PATCH", "/vm") => parse(body, r#"{"state": "Paused"|"Running"}"#).map(|c| state(vm, c)),
+        ("PUT", "/snapshot/create") => {
+            parse(body, r#"{"path": DIR, "type": "Full"|"Diff"}"#).map(|s| snapshot(vm, s))
+        }
+        ("PUT", "/actions") => parse(body, r#"{"action": "stop"|"kill"}"#).map(|a| action(vm, a)),
+        ("PATCH", "/balloon") => parse(body, r#"{"amount_mib": N}"#).map(|b| balloon(vm, b)),
+        ("GET", "/migrate") => Ok(match vm.migration_progress() {
+            Some(p) => Reply::ok(&p),
+            None => Reply::error(404, "no migration has started"),
+        }),
+        ("PUT", "/migrate") => {
+            parse(body, r#"{"to": "tcp:HOST:PORT", ...}"#).map(|m| migrate(vm, m))
+        }
+        (_, "/vm" | "/snapshot/create" | "/actions" | "/balloon" | "/migrate") => Ok(Reply::error(
+            405,
+            format!("{method} is not allowed on {path}"),
+        )),
+        _ => Ok(Reply::error(404, format!("no resource {path}"))),
+    };
+    r.unwrap_or_else(|e| e)
+}
+
+fn state(vm: &Vm, c: StateChange) -> Reply {
+    match c.state {
+        RunState::Paused => match vm.pause() {
+            Ok(()) => Reply::ok(&vm.info()),
+            Err(e) => Reply::error(500, e),
+        },
+        RunState::Running => {
+            vm.resume();
+            Reply::ok(&vm.info())
+        }
+    }
+}
+
+fn snapshot(vm: &Vm, s: SnapshotCreate) -> Reply {
+    match vm.snapshot(&s.path, s.kind == SnapshotKind::Diff) {
+        Ok(r) => Reply::ok(&r),
+        Err(e) => Reply::error(500, e),
+    }
+}
+
+fn action(vm: &Vm, a: ActionRequest) -> Reply {
+    match a.action {
+        Action::Stop => match vm.stop() {
+            Ok(r) => Reply::ok(&ActionDone {
+                action: Action::Stop,
+                request: Some(r.request),
+            }),
+            Err(e @ ActionError::NoAgent) => Reply::error(409, e),
+            Err(e) => Reply::error(500, e),
+        },
+        Action::Kill => {
+            vm.kill();
+            Reply::ok(&ActionDone {
+                action: Action::Kill,
+                request: None,
+            })
+        }
+    }
+}
+
+fn balloon(vm: &Vm, b: BalloonChange) -> Reply {
+    let Some(bytes) = b.amount_mib.checked_mul(1 << 20) else {
+        return Reply::error(400, "amount_mib is too large");
+    };
+    match vm.set_balloon_target(bytes) {
+        Ok(t) => Reply::ok(&t),
+        Err(e @ ActionError::NoBalloon) => Reply::error(409, e),
+        Err(e) => Reply::error(400, e),
+    }
+}
+
+/// `MigrateRequest` to the sender's options.
+pub fn migrate_options(m: &MigrateRequest) -> Result<MigrateOptions, String> {
+    let to = crate::migration::parse_tcp(&m.to).map_err(|e| e.to_string())?;
+    let key = match &m.key {
+        None => None,
+        Some(hex) => Some(crate::migration::key_from_hex(hex).ok_or("key must be 64 hex digits")?),
+    };
+    Ok(MigrateOptions {
+        to,
+        downtime: Duration::from_millis(m.downtime_ms),
+        timeout: m.timeout_s.map(Duration::from_secs),
+        force: m.on_timeout == OnTimeout::Force,
+        key,
+    })
+}
+
+fn migrate(vm: &Vm, m: MigrateRequest) -> Reply {
+    let opts = match migrate_options(&m) {
+        Ok(o) => o,
+        Err(e) => return Reply::error(400, e),
+    };
+    match vm.migrate(&opts) {
+        Ok(r) => Reply::ok(&r),
+        Err(e @ MigrateError::Busy) => Reply::error(409, e),
+        Err(e) => Reply::error(500, e),
+    }
+}

@@ -1,0 +1,244 @@
+//! `plainvm run` and `plainvm restore`: a VM from flags and a config file, or from a snapshot;
+//! registered by name, served on its API socket, run until it stops.
+
+use crate::api;
+use crate::config::overrides::Overrides;
+use crate::config::{FileConfig, VmConfig};
+use crate::host::exit::ExitReason;
+use crate::host::registry::{self, Registration};
+use crate::vm::state::VmState;
+use crate::vm::{RestoreMemory, RunResult, Vm};
+use clap::Args;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct RestoreArgs {
+    /// The snapshot directory.
+    pub dir: PathBuf,
+    /// The VM's name in the registry (default: vm-<pid>).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Serve the control API on this unix socket.
+    #[arg(long)]
+    pub api_sock: Option<PathBuf>,
+    /// Read the whole memory file at start instead of mapping it lazily.
+    #[arg(long)]
+    pub copy_memory: bool,
+    /// Change a host-specific configuration key (nets, disks, vsock, cpu_affinity), e.g.
+    /// `--set 'nets=[{"tap":"tap7"}]'`; objects and lists are merged into the saved ones.
+    #[arg(long = "set", value_name = "KEY=JSON")]
+    pub set: Vec<String>,
+    /// Print timing on exit.
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The VM's name in the registry (default: vm-<pid>); other subcommands find it by name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Serve the control API (pause, resume, info, snapshot) on this unix socket instead of
+    /// the default one in the VM's runtime directory (the registry entry then points here).
+    #[arg(long)]
+    pub api_sock: Option<PathBuf>,
+    /// Kernel: vmlinux ELF (PVH or 64-bit entry), bzImage, or a plainvm test guest ELF.
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    #[arg(long)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line (default for Linux: "console=ttyS0 reboot=k panic=-1").
+    #[arg(long)]
+    pub cmdline: Option<String>,
+    /// Number of vCPUs (default 1).
+    #[arg(long)]
+    pub cpus: Option<u64>,
+    /// Guest memory, e.g. 128M or 2G (a bare number means MiB; default 128M), or
+    /// size=SIZE,merge=on to let KSM merge identical guest pages.
+    #[arg(long, value_name = "SIZE|size=SIZE,merge=on")]
+    pub memory: Option<String>,
+    /// Pin vCPU i to the i-th host CPU of LIST, e.g. 0,1 or 0-3.
+    #[arg(long, value_name = "LIST")]
+    pub cpu_affinity: Option<String>,
+    /// JSON file with the same keys (kernel, initrd, cmdline, cpus, memory, cpu_template); flags win.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// CPUID template: auto (safe on hosts that emulate guest ring 0), host or safe.
+    #[arg(long)]
+    pub cpu_template: Option<crate::config::CpuTemplate>,
+    /// Attach a virtio-rng device (entropy from the host's getrandom).
+    #[arg(long)]
+    pub rng: bool,
+    /// A virtio-net device over host tap NAME (created if missing), e.g. tap=tap0,mac=02:00:00:00:00:01;
+    /// may be repeated. Without mac= a locally administered address is generated.
+    #[arg(long, value_name = "tap=NAME[,mac=MAC]")]
+    pub net: Vec<String>,
+    /// A virtio-blk disk over a raw image file; may be repeated (the first is /dev/vda).
+    /// readonly=on makes writes fail; id= is what the guest reads as the disk's serial.
+    #[arg(long, value_name = "path=IMG[,readonly=on][,id=NAME]")]
+    pub disk: Vec<String>,
+    /// A virtio-vsock device for guest CID N. The host connects to the unix socket PATH and
+    /// writes "CONNECT <port>\n" to reach a guest port; guest connections to host port P go
+    /// to the unix socket PATH_P.
+    #[arg(long, value_name = "cid=N,socket=PATH")]
+    pub vsock: Option<String>,
+    /// A virtio-balloon device; size= is the initial target (memory the guest gives back),
+    /// free-page-reporting=on lets the guest hand back free memory as well.
+    #[arg(long, value_name = "[size=SIZE][,free-page-reporting=on]", num_args = 0..=1, default_missing_value = "")]
+    pub balloon: Option<String>,
+    /// Print boot milestones and timing on exit.
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+/// The configuration `args` describe: the config file, with the flags on top.
+fn config(args: &RunArgs) -> Result<VmConfig, String> {
+    let file = match &args.config {
+        Some(p) => FileConfig::load(p).map_err(|e| e.to_string())?,
+        None => FileConfig::default(),
+    };
+    let nets = (!args.net.is_empty())
+        .then(|| {
+            args.net
+                .iter()
+                .map(|s| crate::config::net::parse_net(s))
+                .collect()
+        })
+        .transpose()
+        .map_err(|e: crate::config::net::NetConfigError| e.to_string())?;
+    let disks = (!args.disk.is_empty())
+        .then(|| {
+            args.disk
+                .iter()
+                .map(|s| crate::config::disk::parse_disk(s))
+                .collect()
+        })
+        .transpose()
+        .map_err(|e: crate::config::disk::DiskConfigError| e.to_string())?;
+    let flags = FileConfig {
+        kernel: args.kernel.clone(),
+        initrd: args.initrd.clone(),
+        cmdline: args.cmdline.clone(),
+        cpus: args.cpus,
+        memory: args.memory.clone().map(serde_json::Value::String),
+        cpu_affinity: args.cpu_affinity.clone(),
+        cpu_template: args.cpu_template,
+        rng: args.rng.then_some(true),
+        nets,
+        disks,
+        vsock: args
+            .vsock
+            .as_deref()
+            .map(crate::config::vsock::parse_vsock)
+            .transpose()
+            .map_err(|e| e.to_string())?,
+        balloon: args
+            .balloon
+            .as_deref()
+            .map(crate::config::balloon::parse_balloon)
+            .transpose()
+            .map_err(|e| e.to_string())?,
+    };
+    file.merge(flags).validate().map_err(|e| e.to_string())
+}
+
+/// `plainvm run`.
+pub fn run(args: RunArgs, start: Instant) -> Result<i32, String> {
+    let cfg = config(&args)?;
+    let reg = register(args.name.as_deref(), args.api_sock.as_deref(), &cfg)?;
+    let vm = Arc::new(Vm::boot(&cfg).map_err(|e| e.to_string())?);
+    serve(&vm, reg.as_ref(), args.api_sock.as_deref())?;
+    let out = vm.run().map_err(|e| e.to_string())?;
+    drop(reg);
+    report(out, args.verbose, start)
+}
+
+/// `plainvm restore`.
+pub fn restore(args: RestoreArgs, start: Instant) -> Result<i32, String> {
+    let bytes = crate::snapshot::load_state(&args.dir).map_err(|e| e.to_string())?;
+    let state = VmState::decode(&bytes).map_err(|e| e.to_string())?;
+    let cfg = Overrides::parse(&args.set)
+        .and_then(|o| o.apply(state.config.clone()))
+        .map_err(|e| e.to_string())?;
+    let reg = register(args.name.as_deref(), args.api_sock.as_deref(), &cfg)?;
+    let memory = RestoreMemory::Snapshot {
+        dir: args.dir.clone(),
+        copy: args.copy_memory,
+    };
+    let vm = Arc::new(Vm::restore(&cfg, &state, memory).map_err(|e| e.to_string())?);
+    drop(state);
+    serve(&vm, reg.as_ref(), args.api_sock.as_deref())?;
+    let out = vm.run().map_err(|e| e.to_string())?;
+    drop(reg);
+    if args.verbose {
+        let us = out.vcpu_start.duration_since(start).as_micros();
+        eprintln!(
+            "plainvm: restored: vCPUs running {}.{:03} ms after start; ran for {} ms",
+            us / 1000,
+            us % 1000,
+            start.elapsed().as_millis()
+        );
+    }
+    report(out, false, start)
+}
+
+/// Register the VM (see `registry::register`).
+pub fn register(
+    name: Option<&str>,
+    api_sock: Option<&Path>,
+    cfg: &VmConfig,
+) -> Result<Option<Registration>, String> {
+    registry::register(name, api_sock, cfg).map_err(|e| e.to_string())
+}
+
+/// Serve the VM's API on its registered socket (or the one given).
+pub fn serve(
+    vm: &Arc<Vm>,
+    reg: Option<&Registration>,
+    api_sock: Option<&Path>,
+) -> Result<(), String> {
+    let sock = reg
+        .map(|r| r.api_sock().to_path_buf())
+        .or(api_sock.map(Path::to_path_buf));
+    match sock {
+        Some(s) => api::server::start(&s, vm.clone()).map_err(|e| e.to_string()),
+        None => Ok(()),
+    }
+}
+
+/// Turn a finished run into an exit status, printing the timing report with `verbose`.
+pub fn report(out: RunResult, verbose: bool, start: Instant) -> Result<i32, String> {
+    if verbose {
+        if let Some(t) = out.template {
+            eprintln!("plainvm: cpu template {t:?}");
+        }
+        for (code, at) in &out.milestones {
+            let us = at.duration_since(start).as_micros();
+            eprintln!(
+                "plainvm: milestone {code} at {}.{:03} ms",
+                us / 1000,
+                us % 1000
+            );
+        }
+        for line in
+            crate::device_manager::hypercall::mark_report(&out.hypercall, start, out.vcpu_start)
+        {
+            eprintln!("plainvm: {line}");
+        }
+        let bp =
+            crate::vcpu::emulation::BREAKPOINTS_INJECTED.load(std::sync::atomic::Ordering::Relaxed);
+        eprintln!("plainvm: int3 emulation failures answered with #BP: {bp}");
+        eprintln!("plainvm: ran for {} ms", start.elapsed().as_millis());
+    }
+    match out.reason {
+        ExitReason::Crash(msg) => Err(msg),
+        ExitReason::Migrated(msg) => {
+            eprintln!("plainvm: {msg}");
+            Ok(0)
+        }
+        r => Ok(r.status()),
+    }
+}

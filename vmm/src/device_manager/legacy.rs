@@ -1,0 +1,78 @@
+//! The legacy devices on port I/O: the 16550 serial console (IRQ 4), the i8042 reset line and
+//! the POST-code port whose writes are boot milestones.
+
+use crate::host::console::ConsoleOut;
+use crate::host::exit::{ExitReason, ExitSignal};
+use kvm_ioctls::VmFd;
+use plainvm_devices::legacy::i8042::I8042;
+use plainvm_devices::legacy::post_code::{Milestones, PostCode};
+use plainvm_devices::legacy::serial::{SerialConsole, SerialSnapshot};
+use plainvm_devices::legacy::trigger::EventFdTrigger;
+use plainvm_devices::Bus;
+use std::sync::{Arc, Mutex};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// Legacy I/O ports and IRQs.
+const SERIAL_PORT: u64 = 0x3f8;
+const SERIAL_IRQ: u32 = 4;
+const I8042_PORT: u64 = 0x60;
+const POST_CODE_PORT: u64 = 0x80;
+
+/// Errors placing the legacy devices.
+#[derive(Debug, thiserror::Error)]
+pub enum LegacyError {
+    #[error("cannot create the serial port's eventfd: {0}")]
+    EventFd(std::io::Error),
+    #[error("KVM refused to connect the serial interrupt: {0}")]
+    Irq(kvm_ioctls::Error),
+    #[error(transparent)]
+    Bus(#[from] plainvm_devices::BusError),
+}
+
+/// The legacy devices the VMM keeps handles to.
+pub struct Legacy {
+    pub serial: Arc<Mutex<SerialConsole>>,
+    pub milestones: Milestones,
+}
+
+/// Put the legacy devices on `pio`; the serial port continues from `saved` after a restore.
+pub fn attach(
+    vm: &VmFd,
+    pio: &mut Bus,
+    exit: Arc<ExitSignal>,
+    saved: Option<&SerialSnapshot>,
+) -> Result<Legacy, LegacyError> {
+    let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(LegacyError::EventFd)?;
+    vm.register_irqfd(&serial_irq, SERIAL_IRQ)
+        .map_err(LegacyError::Irq)?;
+    let serial = Arc::new(Mutex::new(SerialConsole::new(
+        EventFdTrigger(serial_irq),
+        Box::new(ConsoleOut),
+        saved,
+    )));
+    let milestones: Milestones = Arc::default();
+    pio.insert(serial.clone(), SERIAL_PORT, 8)?;
+    pio.insert(
+        Arc::new(Mutex::new(I8042::new(ResetTrigger(exit)))),
+        I8042_PORT,
+        5,
+    )?;
+    pio.insert(
+        Arc::new(Mutex::new(PostCode::new(milestones.clone()))),
+        POST_CODE_PORT,
+        1,
+    )?;
+    Ok(Legacy { serial, milestones })
+}
+
+/// Lets the i8042 reset line end the VM: a guest-requested reset is a clean stop.
+struct ResetTrigger(Arc<ExitSignal>);
+
+impl vm_superio::Trigger for ResetTrigger {
+    type E = std::convert::Infallible;
+
+    fn trigger(&self) -> Result<(), Self::E> {
+        self.0.request(ExitReason::PowerOff);
+        Ok(())
+    }
+}
