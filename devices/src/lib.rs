@@ -3,9 +3,11 @@
 pub mod bus;
 pub mod hypercall;
 pub mod legacy;
+pub mod sync;
 pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};
+pub use sync::lock;
 
 /// Guest RAM as every part of plainvm sees it: vm-memory's mmap backend with a dirty bitmap per
 /// region, so the pages the VMM itself writes (device DMA, used rings) are recorded the way KVM's

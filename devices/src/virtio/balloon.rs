@@ -2,7 +2,7 @@
 //! up (inflated or reported free) go back to the host with `madvise(MADV_DONTNEED)`, so the
 //! VMM's resident memory really drops; every page is checked against guest RAM first.
 
-use super::persist::{self, PersistError};
+use super::persist::{BalloonState, DeviceState, PersistError};
 use super::{read_config_bytes, ActivateError, Interrupt, VirtioDevice, TYPE_BALLOON};
 use crate::GuestRam;
 use event_manager::{EventOps, Events, MutEventSubscriber};
@@ -274,12 +274,20 @@ impl VirtioDevice for Balloon {
     fn queues(&self) -> &[Queue] {
         self.active.as_ref().map_or(&[], |a| &a.queues[..])
     }
-    fn save_state(&self) -> Vec<u8> {
-        persist::encode(&(self.num_pages, self.actual))
+    fn save_state(&self) -> DeviceState {
+        DeviceState::Balloon(BalloonState {
+            num_pages: self.num_pages,
+            actual: self.actual,
+        })
     }
-    fn restore_state(&mut self, state: &[u8]) -> Result<(), PersistError> {
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), PersistError> {
+        let DeviceState::Balloon(saved) = state else {
+            return Err(PersistError::WrongState {
+                device_type: self.device_type(),
+            });
+        };
         // The target may have changed since boot (`plainvm balloon`); the saved one wins.
-        (self.num_pages, self.actual) = persist::decode(state)?;
+        (self.num_pages, self.actual) = (saved.num_pages, saved.actual);
         Ok(())
     }
 }

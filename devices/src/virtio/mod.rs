@@ -15,7 +15,7 @@ pub mod vsock;
 
 pub use interrupt::Interrupt;
 pub use mmio::MmioTransport;
-pub use persist::{PersistError, VirtioState};
+pub use persist::{DeviceState, PersistError, VirtioState};
 
 use crate::GuestRam;
 use virtio_queue::Queue;
@@ -78,14 +78,19 @@ pub trait VirtioDevice: Send {
     fn quiesce(&mut self) -> Result<(), PersistError> {
         Ok(())
     }
-    /// The device's own state beyond the transport and queues (see `persist::encode`).
-    fn save_state(&self) -> Vec<u8> {
-        Vec::new()
+    /// The device's own state beyond the transport and queues.
+    fn save_state(&self) -> DeviceState {
+        DeviceState::None
     }
     /// Take back what `save_state` returned, before the saved queues are handed to `activate`;
     /// an error refuses the restore (e.g. the back-end no longer matches what the guest saw).
-    fn restore_state(&mut self, _state: &[u8]) -> Result<(), PersistError> {
-        Ok(())
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), PersistError> {
+        match state {
+            DeviceState::None => Ok(()),
+            _ => Err(PersistError::WrongState {
+                device_type: self.device_type(),
+            }),
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 /// First bytes of every migration stream.
 pub const MAGIC: [u8; 8] = *b"PLVMMIG\0";
 /// Protocol version; a receiver refuses any other.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// Largest frame payload on the wire.
 pub const MAX_PAYLOAD: usize = 17 << 20;
 const TAG: usize = 16;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 /// File magic.
 pub const MAGIC: &[u8; 8] = b"PLAINVMS";
 /// Format version; bump on any incompatible change to `VmState`.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// Largest state file accepted (vCPU state is a few KiB each).
 const MAX_LEN: u64 = 64 << 20;
 const CRC: crc::Crc<u64> = crc::Crc::<u64>::new(&crc::CRC_64_ECMA_182);

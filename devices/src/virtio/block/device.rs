@@ -8,11 +8,11 @@ use super::worker::{Job, JobOp, Pool};
 use super::{
     F_FLUSH, F_RO, F_SEG_MAX, F_SIZE_MAX, ID_BYTES, SECTOR_SIZE, SEG_MAX, SIZE_MAX, S_IOERR, S_OK,
 };
-use crate::virtio::persist::{self, PersistError};
+use crate::virtio::persist::{BlockState, DeviceState, PersistError};
 use crate::virtio::{read_config_bytes, ActivateError, Interrupt, VirtioDevice, TYPE_BLOCK};
 use crate::GuestRam;
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use serde::{Deserialize, Serialize};
+
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
@@ -207,14 +207,6 @@ impl Block {
         }
         done
     }
-}
-
-/// What a saved disk must still match when it is restored.
-#[derive(Serialize, Deserialize)]
-struct BlockSaved {
-    capacity: u64,
-    read_only: bool,
-    id: [u8; ID_BYTES],
 }
 
 impl Block {
@@ -499,15 +491,19 @@ impl VirtioDevice for Block {
         }
         Ok(())
     }
-    fn save_state(&self) -> Vec<u8> {
-        persist::encode(&BlockSaved {
+    fn save_state(&self) -> DeviceState {
+        DeviceState::Block(BlockState {
             capacity: self.capacity,
             read_only: self.backend.read_only(),
             id: self.id,
         })
     }
-    fn restore_state(&mut self, state: &[u8]) -> Result<(), PersistError> {
-        let saved: BlockSaved = persist::decode(state)?;
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), PersistError> {
+        let DeviceState::Block(saved) = state else {
+            return Err(PersistError::WrongState {
+                device_type: self.device_type(),
+            });
+        };
         if saved.capacity != self.capacity || saved.read_only != self.backend.read_only() {
             return Err(PersistError::Mismatch(format!(
                 "a disk differs from when the VM was saved ({} bytes{}, now {} bytes{}): give the same image",

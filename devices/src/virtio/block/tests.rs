@@ -502,7 +502,7 @@ fn reads_into_guest_memory_mark_its_dirty_bitmap() {
 fn a_restore_refuses_a_disk_that_changed() {
     let r = rig(false);
     let saved = r.dev.save_state();
-    // Same size: fine. Another size or read-only: refused. Garbage: refused.
+    // Same size: fine. Another size or read-only: refused. Another device's state: refused.
     let mut same = for_test(RawFile::open(&r.path, false).unwrap(), "disk-one");
     same.restore_state(&saved).unwrap();
     let mut ro = for_test(RawFile::open(&r.path, true).unwrap(), "disk-one");
@@ -516,5 +516,6 @@ fn a_restore_refuses_a_disk_that_changed() {
     let mut bigger = for_test(RawFile::open(&r.path, false).unwrap(), "disk-one");
     let e = bigger.restore_state(&saved).unwrap_err();
     assert!(e.to_string().contains("give the same image"), "{e}");
-    assert!(same.restore_state(&saved[..3]).is_err());
+    let other = crate::virtio::DeviceState::Vsock(crate::virtio::persist::VsockState { cid: 3 });
+    assert!(same.restore_state(&other).is_err());
 }

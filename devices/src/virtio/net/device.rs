@@ -4,7 +4,7 @@
 use super::config::{config_space, FEATURES};
 use super::tx_ring::{TxRing, BATCH};
 use super::{MacAddr, Tap, HDR_LEN, MAX_BUFFER};
-use crate::virtio::persist::{self, PersistError};
+use crate::virtio::persist::{DeviceState, NetState, PersistError};
 use crate::virtio::{read_config_bytes, ActivateError, Interrupt, VirtioDevice, TYPE_NET};
 use crate::GuestRam;
 use event_manager::{EventOps, Events, MutEventSubscriber};
@@ -504,13 +504,18 @@ impl VirtioDevice for Net {
     fn queues(&self) -> &[Queue] {
         self.active.as_ref().map_or(&[], |a| &a.queues[..])
     }
-    fn save_state(&self) -> Vec<u8> {
+    fn save_state(&self) -> DeviceState {
         // The guest's driver keeps the MAC it read at probe time; frames waiting in the tap stay
         // there (a lost frame is the network's normal weather).
-        persist::encode(&self.mac().0)
+        DeviceState::Net(NetState { mac: self.mac().0 })
     }
-    fn restore_state(&mut self, state: &[u8]) -> Result<(), PersistError> {
-        let saved: [u8; 6] = persist::decode(state)?;
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), PersistError> {
+        let DeviceState::Net(saved) = state else {
+            return Err(PersistError::WrongState {
+                device_type: self.device_type(),
+            });
+        };
+        let saved = saved.mac;
         let now = self.mac();
         if saved != now.0 {
             return Err(PersistError::Mismatch(format!(

@@ -3,7 +3,7 @@
 
 use super::muxer::{Muxer, MuxerError};
 use super::packet::{self, Header, HDR_SIZE};
-use crate::virtio::persist::{self, PersistError};
+use crate::virtio::persist::{DeviceState, PersistError, VsockState};
 use crate::virtio::{read_config_bytes, ActivateError, Interrupt, VirtioDevice, TYPE_VSOCK};
 use crate::GuestRam;
 use event_manager::{EventOps, Events, MutEventSubscriber};
@@ -225,12 +225,17 @@ impl VirtioDevice for Vsock {
     fn queues(&self) -> &[Queue] {
         self.active.as_ref().map_or(&[], |a| &a.queues[..])
     }
-    fn save_state(&self) -> Vec<u8> {
+    fn save_state(&self) -> DeviceState {
         // Connections are not saved: their host ends are sockets of this process.
-        persist::encode(&self.cid)
+        DeviceState::Vsock(VsockState { cid: self.cid })
     }
-    fn restore_state(&mut self, state: &[u8]) -> Result<(), PersistError> {
-        let cid: u64 = persist::decode(state)?;
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), PersistError> {
+        let DeviceState::Vsock(saved) = state else {
+            return Err(PersistError::WrongState {
+                device_type: self.device_type(),
+            });
+        };
+        let cid = saved.cid;
         if cid != self.cid {
             return Err(PersistError::Mismatch(format!(
                 "the vsock device had guest CID {cid} when the VM was saved, now {}: give the same cid=",
