@@ -1,5 +1,6 @@
 //! An address bus (one for port I/O, one for MMIO) that routes each access to the device owning it.
 
+use crate::lock;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -92,10 +93,6 @@ impl Bus {
     }
 }
 
-/// Lock a device, ignoring poisoning: a device is plain state, and panics abort the process.
-fn lock(dev: &Arc<Mutex<dyn BusDevice>>) -> std::sync::MutexGuard<'_, dyn BusDevice + 'static> {
-    dev.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,7 @@
 //! State shared by the device and the VMM: boot marks, generation, heartbeat, host requests,
 //! the agent's announcement and the free-memory hint. The control API can expose a [`Snapshot`].
 
+use crate::lock;
 use plainvm_guest_proto as proto;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -106,7 +107,7 @@ pub struct HypercallState {
 
 impl HypercallState {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.inner)
     }
 
     /// Record a boot mark; false when the table is full.

@@ -1,5 +1,6 @@
 //! Port 0x80 POST codes: the guest marks boot milestones, the VMM timestamps them.
 
+use crate::lock;
 use crate::bus::BusDevice;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -30,7 +31,7 @@ impl BusDevice for PostCode {
 
     fn write(&mut self, _offset: u64, data: &[u8]) {
         let now = Instant::now();
-        let mut marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut marks = lock(&self.marks);
         if marks.len() < MAX_MARKS {
             marks.push((data.first().copied().unwrap_or(0), now));
         }

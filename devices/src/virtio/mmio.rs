@@ -1,5 +1,6 @@
 //! The virtio-mmio transport (version 2): the register window a driver programs a device through.
 
+use crate::lock;
 use super::persist::{PersistError, SavedQueue, VirtioState};
 use super::{Interrupt, VirtioDevice, F_VERSION_1};
 use crate::bus::BusDevice;
@@ -51,7 +52,7 @@ impl MmioTransport {
         queue_evts: Vec<EventFd>,
     ) -> Self {
         let (max_sizes, device_type, features) = {
-            let d = device.lock().unwrap_or_else(|e| e.into_inner());
+            let d = lock(&device);
             let max_sizes = d.queue_max_sizes().to_vec();
             (max_sizes, d.device_type(), d.features() | F_VERSION_1)
         };
@@ -74,7 +75,7 @@ impl MmioTransport {
     }
 
     fn device(&self) -> std::sync::MutexGuard<'_, dyn VirtioDevice + 'static> {
-        self.device.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.device)
     }
 
     fn queue(&mut self) -> Option<&mut Queue> {
@@ -291,7 +292,7 @@ impl MmioTransport {
         }
         {
             let device = self.device.clone();
-            let mut device = device.lock().unwrap_or_else(|e| e.into_inner());
+            let mut device = lock(&device);
             device.restore_state(&s.device)?;
             if s.active {
                 device.ack_features(s.driver_features);

@@ -1,5 +1,6 @@
 //! Attaching the virtio-balloon device, and the handle that changes its target at run time.
 
+use plainvm_devices::lock;
 use super::virtio::{AttachError, EventLoop, VirtioSlots};
 use crate::config::balloon::{check_target, BalloonConfigError, BalloonSettings};
 use kvm_ioctls::VmFd;
@@ -28,7 +29,7 @@ pub struct BalloonControl {
 
 impl BalloonControl {
     fn device(&self) -> std::sync::MutexGuard<'_, Balloon> {
-        self.device.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.device)
     }
 
     /// Ask the guest to give back `bytes` in total (0 deflates the balloon completely).

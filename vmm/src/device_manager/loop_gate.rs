@@ -1,6 +1,7 @@
 //! Parks the device event loop while the VM is paused, so no device touches guest memory or its
 //! queues while a snapshot or the last migration pass reads them.
 
+use plainvm_devices::lock;
 use crate::host::exit::ExitSignal;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -47,7 +48,7 @@ impl LoopGate {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     /// Park the event loop and wait until it is parked (at once if it already is). Must not be

@@ -1,6 +1,7 @@
 //! Attaching virtio-mmio devices: an MMIO window and IRQ each, queue ioeventfds, the irqfd, the
 //! event-loop subscription, and the `virtio_mmio.device=` entry for the kernel command line.
 
+use plainvm_devices::lock;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use plainvm_devices::virtio::mmio::QUEUE_NOTIFY;
@@ -65,10 +66,6 @@ impl Default for VirtioSlots {
     }
 }
 
-/// Lock one transport (a poisoned lock still holds usable state: a panic aborts the VMM).
-pub fn lock(t: &Mutex<MmioTransport>) -> std::sync::MutexGuard<'_, MmioTransport> {
-    t.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Every device's saved state, in attach order (the VM is paused and its devices quiesced).
 pub fn save_all(transports: &[Arc<Mutex<MmioTransport>>]) -> Vec<VirtioState> {

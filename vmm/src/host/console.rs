@@ -1,5 +1,6 @@
 //! The host side of the serial console: stdout for guest output, stdin (a terminal) for input.
 
+use plainvm_devices::lock;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use plainvm_devices::legacy::serial::SerialConsole;
 use std::io::Write;
@@ -52,7 +53,7 @@ impl MutEventSubscriber for ConsoleIn {
                 return;
             }
         };
-        let mut serial = self.serial.lock().unwrap_or_else(|e| e.into_inner());
+        let mut serial = lock(&self.serial);
         // Input beyond the UART's FIFO is dropped, as on a real UART with no flow control.
         serial.enqueue_input(&buf[..n]);
     }

@@ -1,5 +1,6 @@
 //! Why a VM stops, and the one-shot signal vCPUs and devices use to say so.
 
+use plainvm_devices::lock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -53,7 +54,7 @@ impl ExitSignal {
 
     /// Record `reason` (unless one is recorded already) and wake the main loop.
     pub fn request(&self, reason: ExitReason) {
-        let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        let mut r = lock(&self.reason);
         r.get_or_insert(reason);
         self.requested.store(true, Ordering::SeqCst);
         let _ = self.evt.write(1);
@@ -66,7 +67,7 @@ impl ExitSignal {
 
     /// The recorded reason (power-off if none was given).
     pub fn reason(&self) -> ExitReason {
-        let r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        let r = lock(&self.reason);
         r.clone().unwrap_or(ExitReason::PowerOff)
     }
 }

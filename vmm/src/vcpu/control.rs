@@ -1,5 +1,6 @@
 //! Pausing and resuming vCPUs: kick each one out of KVM_RUN with a signal, park it, wake it.
 
+use plainvm_devices::lock;
 use kvm_bindings::kvm_run;
 use std::cell::Cell;
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -76,26 +77,19 @@ impl VcpuControl {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     /// Register the calling vCPU thread for kicks.
     pub fn register_thread(&self) {
         // SAFETY: pthread_self has no preconditions.
         let me = unsafe { libc::pthread_self() };
-        self.threads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        lock(&self.threads)
             .push(me);
     }
 
     fn kick_all(&self) {
-        for t in self
-            .threads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
+        for t in lock(&self.threads).iter() {
             // SAFETY: the threads are vCPU threads of this process that registered themselves
             // and live until the process exits; the signal has a handler.
             unsafe { libc::pthread_kill(*t, kick_signal()) };

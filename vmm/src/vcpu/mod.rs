@@ -9,13 +9,14 @@ pub mod exits;
 pub mod setup;
 pub mod state;
 
+use plainvm_devices::lock;
 use crate::host::exit::{ExitReason, ExitSignal};
 use control::{set_thread_kvm_run, VcpuControl};
 use exits::Emulation;
 use kvm_ioctls::VcpuFd;
 use plainvm_devices::Bus;
 use plainvm_devices::GuestRam;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 /// Errors setting up a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -90,9 +91,4 @@ impl Vcpu {
                 .and_then(crash),
         }
     }
-}
-
-/// Lock a vCPU fd (a panic elsewhere must not wedge it: panics abort the process anyway).
-pub fn lock(fd: &Mutex<VcpuFd>) -> MutexGuard<'_, VcpuFd> {
-    fd.lock().unwrap_or_else(|e| e.into_inner())
 }

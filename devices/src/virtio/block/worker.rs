@@ -2,6 +2,7 @@
 //! flushes run here, several at once, off the device event loop, which serves everything else
 //! inline and completes these when a worker reports back.
 
+use crate::lock;
 use super::backend::RawFile;
 use super::request::Segment;
 use crate::GuestRam;
@@ -104,7 +105,7 @@ impl Pool {
     /// Takes the finished jobs.
     pub fn take_done(&self) -> Vec<Done> {
         let _ = self.done_evt.read();
-        std::mem::take(&mut *self.done.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(&mut *lock(&self.done))
     }
 }
 
@@ -119,7 +120,7 @@ impl Drop for Pool {
 
 fn work(rx: &Mutex<Receiver<Job>>, done: &Mutex<Vec<Done>>, evt: &EventFd, backend: &RawFile) {
     loop {
-        let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+        let job = match lock(rx).recv() {
             Ok(job) => job,
             Err(_) => return,
         };
@@ -138,7 +139,7 @@ fn work(rx: &Mutex<Receiver<Job>>, done: &Mutex<Vec<Done>>, evt: &EventFd, backe
                 }
             }
         }
-        done.lock().unwrap_or_else(|e| e.into_inner()).push(Done {
+        lock(done).push(Done {
             head: job.head,
             status_addr: job.status_addr,
             used_len: job.used_len,

@@ -99,15 +99,11 @@ impl Tap {
         };
         let hdr: libc::c_int = HDR_LEN as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads one int from the pointer, which points at `hdr`.
-        tap.check(
-            unsafe { libc::ioctl(tap.file.as_raw_fd(), TUNSETVNETHDRSZ, &hdr) },
-            "TUNSETVNETHDRSZ",
-        )?;
+        let rc = unsafe { libc::ioctl(tap.file.as_raw_fd(), TUNSETVNETHDRSZ, &hdr) };
+        tap.check(rc, "TUNSETVNETHDRSZ")?;
         // SAFETY: TUNSETOFFLOAD takes its argument by value (0: no offloads); no memory is passed.
-        tap.check(
-            unsafe { libc::ioctl(tap.file.as_raw_fd(), TUNSETOFFLOAD, 0 as libc::c_ulong) },
-            "TUNSETOFFLOAD",
-        )?;
+        let rc = unsafe { libc::ioctl(tap.file.as_raw_fd(), TUNSETOFFLOAD, 0 as libc::c_ulong) };
+        tap.check(rc, "TUNSETOFFLOAD")?;
         Ok(tap)
     }
 
