@@ -24,14 +24,6 @@ pub enum CpuidError {
 /// Feature leaves whose bits a restored guest may already rely on.
 const FEATURE_LEAVES: [(u32, u32); 4] = [(1, 0), (7, 0), (0x8000_0001, 0), (0xd, 1)];
 
-/// Refuse to restore `state` when its guest saw CPU features this host's KVM cannot offer.
-pub fn check_restorable(state: &crate::vm::state::VmState) -> Result<(), CpuidError> {
-    match state.vcpus.first() {
-        Some(vcpu) => check_cpuid(&vcpu.cpuid),
-        None => Ok(()),
-    }
-}
-
 /// Refuse a guest CPUID (from a snapshot or an incoming migration) with features this host's
 /// KVM cannot offer.
 pub fn check_cpuid(saved_cpuid: &[kvm_cpuid_entry2]) -> Result<(), CpuidError> {
