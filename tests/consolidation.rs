@@ -5,70 +5,14 @@
 use plainvm_tests::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(30);
 
-/// A VM started with a private runtime directory; killed when dropped.
-struct Vm {
-    child: Child,
-    out: PathBuf,
-}
-
-impl Vm {
-    fn start(rt: &Path, args: &[&str], out: PathBuf) -> Self {
-        let f = std::fs::File::create(&out).expect("capture file");
-        let child = Command::new(plainvm_bin())
-            .args(args)
-            .env("PLAINVM_RUNTIME_DIR", rt)
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().expect("dup"))
-            .stderr(f)
-            .spawn()
-            .expect("start plainvm");
-        Vm { child, out }
-    }
-
-    fn output(&self) -> String {
-        std::fs::read_to_string(&self.out).unwrap_or_default()
-    }
-
-    fn wait_for(&self, text: &str, limit: Duration) {
-        let t0 = Instant::now();
-        while !self.output().contains(text) {
-            assert!(
-                t0.elapsed() < limit,
-                "'{text}' did not appear within {limit:?}:\n{}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn wait(&mut self, limit: Duration) -> Option<i32> {
-        let t0 = Instant::now();
-        loop {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return st.code();
-            }
-            if t0.elapsed() > limit {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A VM started with the private runtime directory `rt`.
+fn start_vm(rt: &Path, args: &[&str], out: PathBuf) -> TestVm {
+    TestVm::start_env(args, &out, &[("PLAINVM_RUNTIME_DIR", rt.to_str().unwrap())])
 }
 
 /// `plainvm <args>` with the private runtime directory.
@@ -122,10 +66,10 @@ fn status_kib(pid: i32, key: &str) -> u64 {
 fn ls_shows_exactly_the_running_vms_and_cleans_up_after_kill_stop_and_sigkill() {
     let dir = scratch("consol-ls");
     let rt = dir.join("rt");
-    let mut vms: Vec<Vm> = ["c1", "c2", "c3"]
+    let mut vms: Vec<TestVm> = ["c1", "c2", "c3"]
         .iter()
         .map(|n| {
-            Vm::start(
+            start_vm(
                 &rt,
                 &["run", "--name", n, "--cpus", "2", "--cmdline", "idle"],
                 dir.join(format!("{n}.out")),
@@ -138,7 +82,7 @@ fn ls_shows_exactly_the_running_vms_and_cleans_up_after_kill_stop_and_sigkill() 
     let rows = ls(&rt);
     assert_eq!(names(&rows), ["c1", "c2", "c3"]);
     for ((_, r), vm) in rows.iter().zip(&vms) {
-        assert_eq!(r["pid"].as_i64(), Some(i64::from(vm.pid())), "{r}");
+        assert_eq!(r["pid"].as_i64(), Some(i64::from(vm.pid() as i32)), "{r}");
         assert_eq!(r["state"], "Running", "{r}");
         assert_eq!(r["vcpus"], 2, "{r}");
         assert_eq!(r["memory_bytes"], 128u64 << 20, "{r}");
@@ -161,8 +105,7 @@ fn ls_shows_exactly_the_running_vms_and_cleans_up_after_kill_stop_and_sigkill() 
     assert_eq!(ls(&rt)[2].1["state"], "Paused");
 
     // SIGKILL leaves a stale entry behind: it is not listed and gets removed.
-    vms[1].child.kill().unwrap();
-    vms[1].child.wait().unwrap();
+    vms[1].kill();
     assert_eq!(
         dirs(&rt),
         ["c1", "c2", "c3"],
@@ -208,7 +151,7 @@ fn stop_is_graceful_through_the_test_guest_agent_and_api_sock_still_works() {
     let dir = scratch("consol-agent");
     let rt = dir.join("rt");
     let sock = dir.join("own.sock");
-    let mut vm = Vm::start(
+    let mut vm = start_vm(
         &rt,
         &[
             "run",
@@ -272,7 +215,7 @@ fn cpu_affinity_pins_each_vcpu_thread_and_bad_lists_are_refused() {
         [] => panic!("no allowed CPUs"),
     };
     let cpus = if allowed.len() >= 2 { "2" } else { "1" };
-    let vm = Vm::start(
+    let vm = start_vm(
         &rt,
         &[
             "run",
@@ -289,7 +232,7 @@ fn cpu_affinity_pins_each_vcpu_thread_and_bad_lists_are_refused() {
     );
     vm.wait_for("TESTGUEST-IDLE", T);
     let mut seen = 0;
-    for t in std::fs::read_dir(format!("/proc/{}/task", vm.pid()))
+    for t in std::fs::read_dir(format!("/proc/{}/task", vm.pid() as i32))
         .unwrap()
         .flatten()
     {
@@ -318,12 +261,12 @@ fn cpu_affinity_pins_each_vcpu_thread_and_bad_lists_are_refused() {
 fn guest_memory_is_untouched_until_the_guest_uses_it() {
     let dir = scratch("consol-rss");
     let rt = dir.join("rt");
-    let idle = Vm::start(
+    let idle = start_vm(
         &rt,
         &["run", "--name", "idle", "--cmdline", "idle"],
         dir.join("idle"),
     );
-    let filled = Vm::start(
+    let filled = start_vm(
         &rt,
         &["run", "--name", "filled", "--cmdline", "fill=64 idle"],
         dir.join("filled"),
@@ -332,8 +275,8 @@ fn guest_memory_is_untouched_until_the_guest_uses_it() {
     filled.wait_for("FILL-DONE mib=64", T);
     filled.wait_for("TESTGUEST-IDLE", T);
     // Guest RAM is anonymous memory: a VMM that zeroed or pre-faulted it would hold 128 MiB.
-    let idle_anon = status_kib(idle.pid(), "RssAnon:");
-    let filled_anon = status_kib(filled.pid(), "RssAnon:");
+    let idle_anon = status_kib(idle.pid() as i32, "RssAnon:");
+    let filled_anon = status_kib(filled.pid() as i32, "RssAnon:");
     assert!(
         idle_anon < 8 << 10,
         "idle 128 MiB guest holds {idle_anon} KiB"
@@ -367,8 +310,8 @@ fn cpu_share(pid: i32, span: Duration) -> f64 {
 /// The most of one host CPU an idle test guest may use (a spinning vCPU uses up to 100%).
 const IDLE_CPU_MAX: f64 = 0.05;
 
-fn assert_idle(vm: &Vm, what: &str) {
-    let share = cpu_share(vm.pid(), Duration::from_millis(1500));
+fn assert_idle(vm: &TestVm, what: &str) {
+    let share = cpu_share(vm.pid() as i32, Duration::from_millis(1500));
     assert!(
         share < IDLE_CPU_MAX,
         "{what}: the idle guest used {:.0}% of a CPU:\n{}",
@@ -383,7 +326,7 @@ fn idle_test_guests_halt_and_stay_halted_across_pause_snapshot_and_restore() {
     let rt = dir.join("rt");
     let snap = dir.join("snap");
     // Two vCPUs: vCPU 0 idles, vCPU 1 parks after checking in; both halt through the gate.
-    let vm = Vm::start(
+    let vm = start_vm(
         &rt,
         &["run", "--name", "h", "--cpus", "2", "--cmdline", "idle"],
         dir.join("h"),
@@ -403,7 +346,7 @@ fn idle_test_guests_halt_and_stay_halted_across_pause_snapshot_and_restore() {
     let o = pv(&rt, &["kill", "h"]);
     assert_eq!(o.status, Some(0), "{}", o.dump());
 
-    let mut restored = Vm::start(
+    let mut restored = start_vm(
         &rt,
         &["restore", snap.to_str().unwrap(), "--name", "h2"],
         dir.join("h2"),
@@ -508,9 +451,9 @@ fn ksm_merges_ten_identical_guests_marked_mergeable() {
     let rt = dir.join("rt");
     const N: usize = 10;
     const FILL_MIB: u64 = 32;
-    let vms: Vec<Vm> = (0..N)
+    let vms: Vec<TestVm> = (0..N)
         .map(|i| {
-            Vm::start(
+            start_vm(
                 &rt,
                 &[
                     "run",
@@ -528,9 +471,12 @@ fn ksm_merges_ten_identical_guests_marked_mergeable() {
     for vm in &vms {
         vm.wait_for("TESTGUEST-IDLE", Duration::from_secs(60));
     }
-    let pss = |vms: &[Vm]| vms.iter().map(|v| pss_kib(v.pid())).sum::<u64>();
+    let pss = |vms: &[TestVm]| vms.iter().map(|v| pss_kib(v.pid() as i32)).sum::<u64>();
     let before = pss(&vms);
-    let rss_before: u64 = vms.iter().map(|v| status_kib(v.pid(), "VmRSS:")).sum();
+    let rss_before: u64 = vms
+        .iter()
+        .map(|v| status_kib(v.pid() as i32, "VmRSS:"))
+        .sum();
     // pages_sharing is only brought up to date while ksmd runs (stale counts of exited
     // processes linger while it is stopped), so the test reads it with KSM running only.
     let ksm = match Ksm::enable() {
@@ -553,7 +499,10 @@ fn ksm_merges_ten_identical_guests_marked_mergeable() {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-    let rss_after: u64 = vms.iter().map(|v| status_kib(v.pid(), "VmRSS:")).sum();
+    let rss_after: u64 = vms
+        .iter()
+        .map(|v| status_kib(v.pid() as i32, "VmRSS:"))
+        .sum();
     drop(ksm);
     eprintln!(
         "KSM: pages_sharing {sharing} after {:?}; summed PSS {} -> {} MiB; summed VmRSS {} -> {} MiB (RSS counts a merged page in every process that maps it)",
@@ -585,7 +534,7 @@ fn stop_of_a_linux_guest_is_graceful() {
     let dir = scratch("consol-linux");
     let rt = dir.join("rt");
     let cmdline = format!("{} plainvm.agent=on plainvm.cmd=wait", a.cmdline);
-    let mut vm = Vm::start(
+    let mut vm = start_vm(
         &rt,
         &[
             "run",

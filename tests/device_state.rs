@@ -2,7 +2,6 @@
 //! workload (`blk-loop`) with rng, balloon and vsock attached too (fast), and Linux guests with a
 //! disk root, a tap and the guest agent (slow here).
 
-use plainvm_tests::support::live_vm::LiveVm;
 use plainvm_tests::support::netns::{Netns, NetnsPair};
 use plainvm_tests::support::vsock::echo_from_guest;
 use plainvm_tests::*;
@@ -60,7 +59,7 @@ struct DiskVm {
     dir: PathBuf,
     disk: PathBuf,
     sock: PathBuf,
-    vm: BackgroundVm,
+    vm: TestVm,
 }
 
 /// Start `plainvm run` with `cmdline` (a `blk-loop` workload), the disk, the API socket and the
@@ -79,7 +78,7 @@ fn disk_vm(name: &str, extra: &[&str], cmdline: &str) -> DiskVm {
     ];
     args.extend_from_slice(extra);
     args.extend_from_slice(&["--cmdline", cmdline]);
-    let vm = BackgroundVm::start(&args, &dir.join("console"));
+    let vm = TestVm::start(&args, &dir.join("console"));
     vm.wait_for("blkloop pass=10 ok", T);
     DiskVm {
         dir,
@@ -226,7 +225,7 @@ fn a_vm_with_a_disk_migrates_and_its_disk_workload_continues() {
     // Same host, same image: the disk is shared storage for both ends.
     let port = 21000 + (std::process::id() % 4000) as u16;
     let to = format!("tcp:127.0.0.1:{port}");
-    let dst = BackgroundVm::start(&["receive", "--listen", &to], &dir.join("dst.out"));
+    let dst = TestVm::start(&["receive", "--listen", &to], &dir.join("dst.out"));
     dst.wait_for("waiting for a migration", T);
     let o = plainvm(
         &["migrate", "--api-sock", sock.to_str().unwrap(), "--to", &to],
@@ -294,7 +293,7 @@ fn linux_with_disk_net_and_vsock_keeps_working_after_restores() {
         "{} root=/dev/vda rw plainvm.cmd=tick plainvm.ticks=8 plainvm.agent=on",
         a.cmdline
     );
-    let mut vm = LiveVm::start(ns.command(plainvm_bin()).args([
+    let mut vm = TestVm::live(ns.command(plainvm_bin()).args([
         "run",
         "--kernel",
         a.vmlinux.to_str().unwrap(),
@@ -310,29 +309,25 @@ fn linux_with_disk_net_and_vsock_keeps_working_after_restores() {
         "--api-sock",
         sock.to_str().unwrap(),
     ]));
-    let line = vm.wait_for("TICK n=2 ", SLOW);
+    let line = vm.wait_line("TICK n=2 ", SLOW);
     assert!(line.contains("file=tick-file ping=ok"), "{}", vm.dump());
     snapshot_paused(&sock, &snap, &root, &root_at_snap);
     drop(vm); // killed: the restores run after the original process is gone
 
     for round in 0..2 {
         std::fs::copy(&root_at_snap, &root).unwrap();
-        let mut r = LiveVm::start(
+        let mut r = TestVm::live(
             ns.command(plainvm_bin())
                 .args(["restore", snap.to_str().unwrap()]),
         );
         // The agent sees GENERATION bumped and resyncs the clock.
-        r.wait_for("generation 0 -> 1", SLOW);
+        r.wait_line("generation 0 -> 1", SLOW);
         // The vsock listener from before the snapshot takes a new connection from the host.
         let reply = echo_from_guest(&vsock, 1234, "after-restore", SLOW);
         assert_eq!(reply.as_deref(), Ok("after-restore"), "{}", r.dump());
-        r.wait_for("TICK n=8 ", SLOW);
-        let (status, log, stderr) = r.finish(SLOW);
-        assert_eq!(
-            status,
-            Some(0),
-            "round {round}:\n{log}\n--- stderr\n{stderr}"
-        );
+        r.wait_line("TICK n=8 ", SLOW);
+        let (status, log) = r.finish(SLOW);
+        assert_eq!(status, Some(0), "round {round}:\n{log}");
         assert!(log.contains("GUEST-POWEROFF"), "{log}");
         assert!(
             !log.contains("GUEST-INIT-REACHED"),
@@ -383,7 +378,7 @@ fn linux_keeps_pinging_through_its_tap_across_a_migration() {
     }
     let sock = dir.join("src.sock");
     let cmdline = format!("{} plainvm.cmd=ping plainvm.ticks=30", a.cmdline);
-    let mut src = LiveVm::start(hosts.a.command(plainvm_bin()).args([
+    let mut src = TestVm::live(hosts.a.command(plainvm_bin()).args([
         "run",
         "--kernel",
         a.vmlinux.to_str().unwrap(),
@@ -396,29 +391,29 @@ fn linux_keeps_pinging_through_its_tap_across_a_migration() {
         "--api-sock",
         sock.to_str().unwrap(),
     ]));
-    src.wait_for("reply from 10.0.2.1 seq=3", SLOW);
+    src.wait_line("reply from 10.0.2.1 seq=3", SLOW);
     let to = format!("tcp:{}:{}", hosts.b_addr, 7000 + std::process::id() % 1000);
-    let mut dst = LiveVm::start(
+    let mut dst = TestVm::live(
         hosts
             .b
             .command(plainvm_bin())
             .args(["receive", "--listen", &to]),
     );
-    dst.wait_for("plainvm: waiting for a migration", T);
+    dst.wait_line("plainvm: waiting for a migration", T);
     let o = plainvm(
         &["migrate", "--api-sock", sock.to_str().unwrap(), "--to", &to],
         SLOW,
     );
     assert_eq!(o.status, Some(0), "{}\n--- dst\n{}", o.dump(), dst.dump());
-    let (status, src_log, src_err) = src.finish(T);
-    assert_eq!(status, Some(0), "{src_log}\n--- stderr\n{src_err}");
-    assert!(src_err.contains("migrated to"), "{src_err}");
+    let (status, src_log) = src.finish(T);
+    assert_eq!(status, Some(0), "{src_log}");
+    assert!(src_log.contains("migrated to"), "{src_log}");
     let last = ping_replies(&src_log).into_iter().max().unwrap_or(0);
     // The same process goes on at the destination: its sequence numbers continue, and the host
     // there answers through the destination's tap.
-    dst.wait_for(&format!("seq={}", last + 3), SLOW);
-    let (status, log, stderr) = dst.finish(SLOW);
-    assert_eq!(status, Some(0), "{log}\n--- stderr\n{stderr}");
+    dst.wait_line(&format!("seq={}", last + 3), SLOW);
+    let (status, log) = dst.finish(SLOW);
+    assert_eq!(status, Some(0), "{log}");
     let after = ping_replies(&log);
     assert!(
         after.iter().all(|&s| s > last),

@@ -78,7 +78,7 @@ fn exit_code_word_ends_plainvm_with_that_status() {
     assert_eq!(o.status, Some(0), "{}", o.dump());
 }
 
-fn sigterm(vm: &BackgroundVm) {
+fn sigterm(vm: &TestVm) {
     let st = Command::new("kill")
         .args(["-TERM", &vm.pid().to_string()])
         .status()
@@ -89,7 +89,7 @@ fn sigterm(vm: &BackgroundVm) {
 #[test]
 fn sigterm_asks_the_guest_agent_to_power_off() {
     let dir = scratch("hc-sigterm-agent");
-    let mut vm = BackgroundVm::start(&["run", "--cmdline", "agent"], &dir.join("out"));
+    let mut vm = TestVm::start(&["run", "--cmdline", "agent"], &dir.join("out"));
     vm.wait_for("AGENT-READY status=0", FAST);
     sigterm(&vm);
     let status = vm.wait(Duration::from_secs(5));
@@ -103,7 +103,7 @@ fn sigterm_asks_the_guest_agent_to_power_off() {
 #[test]
 fn sigterm_without_an_agent_stops_at_once() {
     let dir = scratch("hc-sigterm-idle");
-    let mut vm = BackgroundVm::start(&["run", "--cmdline", "idle"], &dir.join("out"));
+    let mut vm = TestVm::start(&["run", "--cmdline", "idle"], &dir.join("out"));
     vm.wait_for("TESTGUEST-IDLE", FAST);
     sigterm(&vm);
     let status = vm.wait(Duration::from_secs(5));

@@ -22,14 +22,14 @@ fn port() -> u16 {
 struct Pair {
     dir: PathBuf,
     sock: PathBuf,
-    src: BackgroundVm,
+    src: TestVm,
 }
 
 /// Start a source VM running the workload `cmdline` with `mem` of memory.
 fn source(name: &str, mem: &str, cmdline: &str) -> Pair {
     let dir = scratch(name);
     let sock = dir.join("src.sock");
-    let src = BackgroundVm::start(
+    let src = TestVm::start(
         &[
             "run",
             "--api-sock",
@@ -47,10 +47,10 @@ fn source(name: &str, mem: &str, cmdline: &str) -> Pair {
     Pair { dir, sock, src }
 }
 
-fn receiver(dir: &Path, listen: &str, extra: &[&str], env: &[(&str, &str)]) -> BackgroundVm {
+fn receiver(dir: &Path, listen: &str, extra: &[&str], env: &[(&str, &str)]) -> TestVm {
     let mut args = vec!["receive", "--listen", listen];
     args.extend_from_slice(extra);
-    let vm = BackgroundVm::start_env(&args, &dir.join("dst.out"), env);
+    let vm = TestVm::start_env(&args, &dir.join("dst.out"), env);
     vm.wait_for("waiting for a migration", T);
     vm
 }
@@ -62,7 +62,7 @@ fn migrate(sock: &Path, to: &str, extra: &[&str]) -> Outcome {
 }
 
 /// The workload keeps going at the destination from where it was, every page checked.
-fn assert_continues(dst: &BackgroundVm, before: u64) {
+fn assert_continues(dst: &TestVm, before: u64) {
     let target = format!("memwrite pass={} ok", before + 20);
     let _ = target;
     let start = std::time::Instant::now();
@@ -353,7 +353,7 @@ fn source_death_and_a_broken_commit_never_leave_two_running_copies() {
     // The source dies during the passes: the destination discards everything.
     let dir = scratch("srcdeath");
     let sock = dir.join("src.sock");
-    let src = BackgroundVm::start_env(
+    let src = TestVm::start_env(
         &[
             "run",
             "--api-sock",
@@ -458,7 +458,7 @@ fn source_in(name: &str, ns: &str, mem: &str, cmdline: &str) -> Pair {
     let dir = scratch(name);
     let sock = dir.join("src.sock");
     let bin = plainvm_bin();
-    let src = BackgroundVm::start_cmd(
+    let src = TestVm::start_cmd(
         Command::new("ip")
             .args(["netns", "exec", ns])
             .arg(bin)
@@ -477,8 +477,8 @@ fn source_in(name: &str, ns: &str, mem: &str, cmdline: &str) -> Pair {
     Pair { dir, sock, src }
 }
 
-fn receiver_in(dir: &Path, ns: &str, listen: &str, extra: &[&str]) -> BackgroundVm {
-    let vm = BackgroundVm::start_cmd(
+fn receiver_in(dir: &Path, ns: &str, listen: &str, extra: &[&str]) -> TestVm {
+    let vm = TestVm::start_cmd(
         Command::new("ip")
             .args(["netns", "exec", ns])
             .arg(plainvm_bin())

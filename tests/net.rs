@@ -1,7 +1,6 @@
 //! virtio-net over a real tap in a network namespace the test creates: a Linux guest and the host
 //! ping each other, and 4 MiB go over TCP to the guest and back with matching checksums.
 
-use plainvm_tests::support::live_vm::LiveVm;
 use plainvm_tests::support::netns::Netns;
 use plainvm_tests::*;
 use std::io::{Read, Write};
@@ -121,7 +120,7 @@ fn linux_guest_pings_and_moves_4_mib_each_way_over_a_tap() {
     });
     let cmdline = format!("{} plainvm.cmd=net", a.cmdline);
     let bin = plainvm_bin();
-    let mut vm = LiveVm::start(Command::new("ip").args([
+    let mut vm = TestVm::live(Command::new("ip").args([
         "netns",
         "exec",
         &ns.name,
@@ -136,7 +135,7 @@ fn linux_guest_pings_and_moves_4_mib_each_way_over_a_tap() {
         "--net",
         &format!("tap={TAP},mac=02:00:00:00:00:02"),
     ]));
-    let up = vm.wait_for("NET-UP", SLOW);
+    let up = vm.wait_line("NET-UP", SLOW);
     assert!(
         up.contains("mtu=65520"),
         "the guest did not take the tap's MTU: {up}"
@@ -148,7 +147,7 @@ fn linux_guest_pings_and_moves_4_mib_each_way_over_a_tap() {
         "the guest did not answer the host's ping:\n{}",
         vm.dump()
     );
-    vm.wait_for("NET-GUEST-PING-OK", SLOW);
+    vm.wait_line("NET-GUEST-PING-OK", SLOW);
     // Host -> guest: 4 MiB into the guest's `nc -l`.
     let down: Vec<u8> = (0..BLOB).map(|i| (i * 7 + i / 4096) as u8).collect();
     let down_md5 = md5(&down, &dir, "down");
@@ -169,21 +168,21 @@ fn linux_guest_pings_and_moves_4_mib_each_way_over_a_tap() {
         s.shutdown(std::net::Shutdown::Write)
     });
     sender.join().unwrap().expect("send 4 MiB to the guest");
-    vm.wait_for("NET-RX-DONE", SLOW);
-    let line = vm.wait_for("/net-rx", SLOW);
+    vm.wait_line("NET-RX-DONE", SLOW);
+    let line = vm.wait_line("/net-rx", SLOW);
     assert!(
         line.starts_with(&down_md5),
         "guest received data with md5 {line}, sent {down_md5}"
     );
     // Guest -> host: the guest sends the same 4 MiB back.
-    vm.wait_for("NET-DONE", SLOW);
+    vm.wait_line("NET-DONE", SLOW);
     let up = upload
         .join()
         .unwrap()
         .expect("receive 4 MiB from the guest");
     assert_eq!(md5(&up, &dir, "up"), down_md5, "upload checksum");
-    let (status, log, stderr) = vm.finish(Duration::from_secs(60));
-    assert_eq!(status, Some(0), "{log}\n--- stderr\n{stderr}");
+    let (status, log) = vm.finish(Duration::from_secs(60));
+    assert_eq!(status, Some(0), "{log}");
     assert!(log.contains("GUEST-POWEROFF"), "{log}");
 }
 

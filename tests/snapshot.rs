@@ -16,12 +16,12 @@ fn api(cmd: &str, sock: &Path, extra: &[&str]) -> Outcome {
 }
 
 /// A test guest running `plainvm run --api-sock DIR/api.sock ARGS` in a fresh scratch directory.
-fn api_vm(name: &str, args: &[&str]) -> (PathBuf, PathBuf, BackgroundVm) {
+fn api_vm(name: &str, args: &[&str]) -> (PathBuf, PathBuf, TestVm) {
     let dir = scratch(name);
     let sock = dir.join("api.sock");
     let mut run = vec!["run", "--api-sock", sock.to_str().unwrap()];
     run.extend_from_slice(args);
-    let vm = BackgroundVm::start(&run, &dir.join("console"));
+    let vm = TestVm::start(&run, &dir.join("console"));
     (dir, sock, vm)
 }
 
@@ -54,7 +54,7 @@ fn snapshot_restores_twice_in_new_processes_with_memory_intact() {
     let dir = scratch("snap");
     let sock = dir.join("api.sock");
     let snap = dir.join("snap");
-    let mut vm = BackgroundVm::start(
+    let mut vm = TestVm::start(
         &[
             "run",
             "--api-sock",
@@ -137,7 +137,7 @@ fn corrupt_truncated_and_foreign_snapshots_are_refused() {
     let dir = scratch("refuse");
     let sock = dir.join("api.sock");
     let snap = dir.join("good");
-    let _vm = BackgroundVm::start(
+    let _vm = TestVm::start(
         &[
             "run",
             "--api-sock",

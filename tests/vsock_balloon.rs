@@ -126,7 +126,7 @@ fn linux_guest_uses_vsock_balloon_and_rng() {
     let guest_msg = serve_echo(host_listener, 2 * BOOT_LIMIT);
     let cmdline = format!("{} plainvm.cmd=vsock-balloon", a.cmdline);
     let vsock = format!("cid=3,socket={}", sock.display());
-    let mut vm = BackgroundVm::start(
+    let mut vm = TestVm::start(
         &[
             "run",
             "--kernel",

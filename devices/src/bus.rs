@@ -93,7 +93,6 @@ impl Bus {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,6 @@
-//! Pieces several test files share: network namespaces, a VM whose console is read live, the
-//! host side of vsock.
+//! Pieces several test files share: the test-VM harness, network namespaces, the host side of
+//! vsock.
 
-pub mod live_vm;
 pub mod netns;
+pub mod test_vm;
 pub mod vsock;

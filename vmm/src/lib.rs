@@ -79,6 +79,9 @@ mod tests {
                 }
             }
         }
-        assert!(wrong.is_empty(), "dependencies against the layers: {wrong:#?}");
+        assert!(
+            wrong.is_empty(),
+            "dependencies against the layers: {wrong:#?}"
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! Port 0x80 POST codes: the guest marks boot milestones, the VMM timestamps them.
 
-use crate::lock;
 use crate::bus::BusDevice;
+use crate::lock;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 

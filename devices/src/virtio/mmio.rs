@@ -1,9 +1,9 @@
 //! The virtio-mmio transport (version 2): the register window a driver programs a device through.
 
-use crate::lock;
 use super::persist::{PersistError, SavedQueue, VirtioState};
 use super::{Interrupt, VirtioDevice, F_VERSION_1};
 use crate::bus::BusDevice;
+use crate::lock;
 use crate::GuestRam;
 use std::sync::{Arc, Mutex};
 use virtio_queue::{Queue, QueueT};

@@ -1,9 +1,9 @@
 //! Attaching the virtio-balloon device, and the handle that changes its target at run time.
 
-use plainvm_devices::lock;
 use super::virtio::{AttachError, EventLoop, VirtioSlots};
 use crate::config::balloon::{check_target, BalloonConfigError, BalloonSettings};
 use kvm_ioctls::VmFd;
+use plainvm_devices::lock;
 use plainvm_devices::virtio::balloon::{Balloon, BalloonStats};
 use plainvm_devices::Bus;
 use plainvm_devices::GuestRam;

@@ -1,9 +1,9 @@
 //! Parks the device event loop while the VM is paused, so no device touches guest memory or its
 //! queues while a snapshot or the last migration pass reads them.
 
-use plainvm_devices::lock;
 use crate::host::exit::ExitSignal;
 use event_manager::{EventOps, Events, MutEventSubscriber};
+use plainvm_devices::lock;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 use vmm_sys_util::epoll::EventSet;

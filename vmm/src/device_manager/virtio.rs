@@ -1,9 +1,9 @@
 //! Attaching virtio-mmio devices: an MMIO window and IRQ each, queue ioeventfds, the irqfd, the
 //! event-loop subscription, and the `virtio_mmio.device=` entry for the kernel command line.
 
-use plainvm_devices::lock;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::{IoEventAddress, VmFd};
+use plainvm_devices::lock;
 use plainvm_devices::virtio::mmio::QUEUE_NOTIFY;
 use plainvm_devices::virtio::{
     Interrupt, MmioTransport, PersistError, VirtioDevice, VirtioState, MMIO_WINDOW,
@@ -65,7 +65,6 @@ impl Default for VirtioSlots {
         }
     }
 }
-
 
 /// Every device's saved state, in attach order (the VM is paused and its devices quiesced).
 pub fn save_all(transports: &[Arc<Mutex<MmioTransport>>]) -> Vec<VirtioState> {

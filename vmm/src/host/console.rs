@@ -1,8 +1,8 @@
 //! The host side of the serial console: stdout for guest output, stdin (a terminal) for input.
 
-use plainvm_devices::lock;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use plainvm_devices::legacy::serial::SerialConsole;
+use plainvm_devices::lock;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use vmm_sys_util::epoll::EventSet;

@@ -1,7 +1,7 @@
 //! Pausing and resuming vCPUs: kick each one out of KVM_RUN with a signal, park it, wake it.
 
-use plainvm_devices::lock;
 use kvm_bindings::kvm_run;
+use plainvm_devices::lock;
 use std::cell::Cell;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -84,8 +84,7 @@ impl VcpuControl {
     pub fn register_thread(&self) {
         // SAFETY: pthread_self has no preconditions.
         let me = unsafe { libc::pthread_self() };
-        lock(&self.threads)
-            .push(me);
+        lock(&self.threads).push(me);
     }
 
     fn kick_all(&self) {

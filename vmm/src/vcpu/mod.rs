@@ -9,11 +9,11 @@ pub mod exits;
 pub mod setup;
 pub mod state;
 
-use plainvm_devices::lock;
 use crate::host::exit::{ExitReason, ExitSignal};
 use control::{set_thread_kvm_run, VcpuControl};
 use exits::Emulation;
 use kvm_ioctls::VcpuFd;
+use plainvm_devices::lock;
 use plainvm_devices::Bus;
 use plainvm_devices::GuestRam;
 use std::sync::{Arc, Mutex};

@@ -2,9 +2,9 @@
 //! flushes run here, several at once, off the device event loop, which serves everything else
 //! inline and completes these when a worker reports back.
 
-use crate::lock;
 use super::backend::RawFile;
 use super::request::Segment;
+use crate::lock;
 use crate::GuestRam;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
