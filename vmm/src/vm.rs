@@ -208,8 +208,20 @@ pub fn run(cfg: &VmConfig, opts: RunOptions) -> Result<RunResult, VmError> {
     if let Some(r) = restore {
         virtio.restore(&r.state.devices)?;
     }
+    let template = restore.is_none().then(|| cpuid::resolve(cfg.cpu_template));
+    let base_cpuid = match restore {
+        None => Some(cpuid::supported(&kvm)?),
+        Some(_) => None,
+    };
+    // What the template cannot hide on this host, a Linux guest is told to ignore.
+    let clear = match (&base_cpuid, template) {
+        (Some(base), Some(t)) if cfg.kernel.is_some() => {
+            cpuid::linux_clearcpuid(&kvm, base, t, cfg.cpus)?
+        }
+        _ => Vec::new(),
+    };
     let boot = match restore {
-        None => Some(boot::prepare(&mem, &layout, cfg, &virtio.cmdline)?),
+        None => Some(boot::prepare(&mem, &layout, cfg, &virtio.cmdline, &clear)?),
         Some(_) => None,
     };
 
@@ -241,11 +253,6 @@ pub fn run(cfg: &VmConfig, opts: RunOptions) -> Result<RunResult, VmError> {
         POST_CODE_PORT,
         1,
     )?;
-    let template = restore.is_none().then(|| cpuid::resolve(cfg.cpu_template));
-    let base_cpuid = match restore {
-        None => Some(cpuid::supported(&kvm)?),
-        Some(_) => None,
-    };
     install_kick_handler()?;
     let control = Arc::new(VcpuControl::new(usize::from(cfg.cpus), false));
     let mut handles = Vec::with_capacity(usize::from(cfg.cpus));
