@@ -130,6 +130,10 @@ def main():
     initrd = os.path.join(CACHE, "initramfs.cpio")
     with open(os.path.join(ROOT, "resources/cmdline")) as f:
         append = f.read().strip()
+    # QEMU's CPUID goes through the same host rewrite as plainvm's (kvm_pvm puts XSAVE, POPCNT and
+    # leaf 7 back), and QEMU hides nothing more, so its guest needs clearcpuid=. Both VMMs get the
+    # same line: plainvm adds no clearcpuid= of its own when the line has one.
+    append += " clearcpuid=smap,smep,xsave,cx16,umip,popcnt"
     print("## Linux boot to the userspace marker (same vmlinux-noint3, initramfs, command line)")
     lp, lq = [], []
     for _ in range(args.linux_runs):

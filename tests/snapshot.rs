@@ -198,15 +198,16 @@ fn corrupt_truncated_and_foreign_snapshots_are_refused() {
             .unwrap();
     let kvm = kvm_ioctls::Kvm::new().unwrap();
     let host = plainvm::vcpu::cpuid::supported(&kvm).unwrap();
-    let leaf7 = host
+    // Leaf 0x8000_0001 is in every template's table (the safe one leaves leaf 7 out).
+    let ext = host
         .as_slice()
         .iter()
-        .find(|e| e.function == 7 && e.index == 0)
-        .map_or(0, |e| e.ebx);
-    let absent = (0..32).map(|b| 1u32 << b).find(|b| leaf7 & b == 0).unwrap();
+        .find(|e| e.function == 0x8000_0001)
+        .map_or(0, |e| e.ecx);
+    let absent = (0..32).map(|b| 1u32 << b).find(|b| ext & b == 0).unwrap();
     for e in st.vcpus[0].cpuid.iter_mut() {
-        if e.function == 7 && e.index == 0 {
-            e.ebx |= absent;
+        if e.function == 0x8000_0001 {
+            e.ecx |= absent;
         }
     }
     plainvm::snapshot::state_file::write(&bad.join("state"), &st.encode().unwrap()).unwrap();

@@ -71,12 +71,15 @@ pub struct BootInfo {
 pub static DEFAULT_GUEST: &[u8] = include_bytes!(env!("PLAINVM_TESTGUEST_ELF"));
 
 /// Load kernel, initrd and command line for `cfg` into `mem` and write the boot structures.
-/// `devices` are command-line entries the VMM adds (virtio-mmio devices).
+/// `devices` are command-line entries the VMM adds (virtio-mmio devices); `clear` are CPU
+/// features a Linux guest must ignore although its CPUID offers them (see
+/// `vcpu::cpuid::forced_features`).
 pub fn prepare(
     mem: &GuestRam,
     layout: &Layout,
     cfg: &VmConfig,
     devices: &[String],
+    clear: &[&str],
 ) -> Result<BootInfo, BootError> {
     let loaded = match &cfg.kernel {
         Some(path) => {
@@ -97,17 +100,8 @@ pub fn prepare(
     })?;
 
     let is_linux = !matches!(loaded.entry, Entry::Ring3(_));
-    let cmdline = match (&cfg.cmdline, is_linux) {
-        (Some(c), _) => c.as_str(),
-        (None, true) => crate::config::DEFAULT_CMDLINE,
-        (None, false) => "",
-    };
-    let mut cmdline = cmdline.to_string();
-    for d in devices {
-        cmdline.push(' ');
-        cmdline.push_str(d);
-    }
-    let cmdline = cmdline.trim_start();
+    let cmdline = command_line(cfg.cmdline.as_deref(), is_linux, devices, clear);
+    let cmdline = cmdline.as_str();
     if cmdline.len() > MAX_CMDLINE {
         return Err(BootError::CmdlineTooLong(cmdline.len()));
     }
@@ -160,6 +154,59 @@ pub fn prepare(
     })
 }
 
+/// The guest's command line: the configured one (Linux gets a default), then what the VMM adds:
+/// the device entries and, for Linux only, `clearcpuid=` with `clear` unless the line already
+/// has a `clearcpuid=` (the user's choice stands). Added entries go before a `--`, which starts
+/// init's arguments.
+fn command_line(
+    configured: Option<&str>,
+    is_linux: bool,
+    devices: &[String],
+    clear: &[&str],
+) -> String {
+    let configured = match (configured, is_linux) {
+        (Some(c), _) => c,
+        (None, true) => crate::config::DEFAULT_CMDLINE,
+        (None, false) => "",
+    };
+    let (kernel, init) = match init_args_at(configured) {
+        Some(at) => configured.split_at(at),
+        None => (configured, ""),
+    };
+    let mut line = match init {
+        "" => kernel.to_string(),
+        _ => kernel.trim_end().to_string(),
+    };
+    for d in devices {
+        line.push(' ');
+        line.push_str(d);
+    }
+    let has_clearcpuid = kernel
+        .split_whitespace()
+        .any(|w| w.starts_with("clearcpuid="));
+    if is_linux && !clear.is_empty() && !has_clearcpuid {
+        line.push_str(" clearcpuid=");
+        line.push_str(&clear.join(","));
+    }
+    if !init.is_empty() {
+        line.push(' ');
+        line.push_str(init);
+    }
+    line.trim_start().to_string()
+}
+
+/// Where a standalone `--` (the start of init's arguments) begins in `cmdline`.
+fn init_args_at(cmdline: &str) -> Option<usize> {
+    let mut at = 0;
+    for word in cmdline.split(' ') {
+        if word == "--" {
+            return Some(at);
+        }
+        at += word.len() + 1;
+    }
+    None
+}
+
 /// Put the initrd at the top of low memory, page-aligned, above the kernel.
 fn load_initrd(
     mem: &GuestRam,
@@ -195,4 +242,42 @@ fn load_initrd(
             source,
         })?;
     Ok(InitrdPlace { addr, size })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clearcpuid_goes_to_linux_once_and_before_init_args() {
+        let dev = vec!["virtio_mmio.device=4K@0xd0000000:5".to_string()];
+        assert_eq!(
+            command_line(Some("console=ttyS0"), true, &dev, &["popcnt"]),
+            "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 clearcpuid=popcnt"
+        );
+        assert_eq!(
+            command_line(None, true, &[], &["popcnt", "xsave"]),
+            format!("{} clearcpuid=popcnt,xsave", crate::config::DEFAULT_CMDLINE)
+        );
+        // The user's own clearcpuid= stands.
+        assert_eq!(
+            command_line(Some("clearcpuid=cx16 quiet"), true, &[], &["popcnt"]),
+            "clearcpuid=cx16 quiet"
+        );
+        // Never for the bundled test guest, whose command line is its own.
+        assert_eq!(command_line(Some("x"), false, &[], &["popcnt"]), "x");
+        assert_eq!(command_line(None, false, &[], &["popcnt"]), "");
+        // Nothing to clear: the line is as configured.
+        assert_eq!(command_line(Some("a b"), true, &[], &[]), "a b");
+        // Kernel parameters go before init's arguments.
+        assert_eq!(
+            command_line(Some("quiet -- single"), true, &dev, &["popcnt"]),
+            "quiet virtio_mmio.device=4K@0xd0000000:5 clearcpuid=popcnt -- single"
+        );
+        // A clearcpuid= meant for init does not count as the kernel's.
+        assert_eq!(
+            command_line(Some("quiet -- clearcpuid=x"), true, &[], &["popcnt"]),
+            "quiet clearcpuid=popcnt -- clearcpuid=x"
+        );
+    }
 }

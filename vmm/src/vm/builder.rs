@@ -88,14 +88,20 @@ impl Vm {
         let k = KvmVm::create(cfg, None)?;
         let exit = Arc::new(ExitSignal::new().map_err(VmError::EventFd)?);
         let devices = device_manager::create(&k.fd, &k.mem, cfg, exit.clone(), None)?;
+        let template = cpuid::resolve(cfg.cpu_template);
+        let base = cpuid::supported(&k.kvm)?;
+        // What the template cannot hide on this host, a Linux guest is told to ignore.
+        let clear = match cfg.kernel {
+            Some(_) => cpuid::linux_clearcpuid(&k.kvm, &base, template, cfg.cpus)?,
+            None => Vec::new(),
+        };
         let boot = boot::prepare(
             &k.mem,
             &Layout::new(cfg.memory_bytes),
             cfg,
             &devices.cmdline,
+            &clear,
         )?;
-        let template = cpuid::resolve(cfg.cpu_template);
-        let base = cpuid::supported(&k.kvm)?;
         let init = |fd: &VcpuFd, index: u8| -> Result<CpuId, VmError> {
             let cpuid = cpuid::for_vcpu(&base, template, index, cfg.cpus);
             setup::configure(fd, &cpuid, &boot, index, cfg.cpus)?;
