@@ -3,6 +3,8 @@
 pub mod bus;
 pub mod hypercall;
 pub mod legacy;
+pub mod log;
+pub mod ratelimit;
 pub mod sync;
 pub mod virtio;
 

@@ -12,7 +12,7 @@ fn main() -> ExitCode {
     match plainvm::cli::dispatch(cli, start) {
         Ok(code) => ExitCode::from(code as u8),
         Err(msg) => {
-            eprintln!("plainvm: error: {msg}");
+            plainvm_devices::log_line!("error: {msg}");
             ExitCode::FAILURE
         }
     }

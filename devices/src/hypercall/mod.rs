@@ -8,12 +8,12 @@
 
 mod dispatch;
 mod log;
-mod ratelimit;
+
 mod registers;
 mod state;
 
+pub use crate::ratelimit::RateLimit;
 pub use plainvm_guest_proto as proto;
-pub use ratelimit::RateLimit;
 pub use registers::Hypercall;
 pub use state::{
     BootMark, HeartbeatEvent, HostRequest, HypercallState, RequestKind, Snapshot, StateError,

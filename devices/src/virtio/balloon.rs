@@ -3,7 +3,9 @@
 //! VMM's resident memory really drops; every page is checked against guest RAM first.
 
 use super::persist::{BalloonState, DeviceState, PersistError};
-use super::{read_config_bytes, ActivateError, Interrupt, VirtioDevice, TYPE_BALLOON};
+use super::{
+    read_config_bytes, ActivateError, Interrupt, VirtioDevice, QUEUE_BUDGET, TYPE_BALLOON,
+};
 use crate::GuestRam;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::io::Read;
@@ -23,7 +25,9 @@ const INFLATE: usize = 0;
 const DEFLATE: usize = 1;
 const REPORTING: usize = 2;
 /// Most page numbers read from one inflate/deflate buffer (Linux sends 256).
-const MAX_PFNS_PER_BUFFER: usize = 1 << 16;
+const MAX_PFNS_PER_BUFFER: usize = 256;
+/// Most `madvise` calls (runs of pages given back) per wake of the event loop.
+const MAX_RELEASES_PER_WAKE: usize = 1024;
 
 /// Counters of what the device did (for tests and a later control API).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -111,7 +115,7 @@ impl Balloon {
         let Some(queue) = a.queues.get_mut(index) else {
             return;
         };
-        let mut used = false;
+        let (mut used, mut releases) = (0, 0);
         while let Some(chain) = queue.pop_descriptor_chain(&a.mem) {
             let head = chain.head_index();
             match index {
@@ -122,6 +126,7 @@ impl Balloon {
                             let (ok, bad) = release(&a.mem, start * PAGE_SIZE, count * PAGE_SIZE);
                             self.stats.inflated_pages += ok;
                             self.stats.rejected_pages += bad;
+                            releases += 1;
                         }
                     }
                     // Deflated pages need nothing: the guest's next touch faults them back in.
@@ -129,13 +134,14 @@ impl Balloon {
                 REPORTING => {
                     // Each descriptor names a free range: its address and length, not contents.
                     for desc in chain {
-                        let start = desc.addr().0.next_multiple_of(PAGE_SIZE);
-                        let end = (desc.addr().0.saturating_add(u64::from(desc.len())))
-                            & !(PAGE_SIZE - 1);
-                        if end > start {
-                            let (ok, bad) = release(&a.mem, start, end - start);
-                            self.stats.reported_pages += ok;
-                            self.stats.rejected_pages += bad;
+                        match reported_range(&a.mem, desc.addr().0, desc.len()) {
+                            Some((start, len)) => {
+                                let (ok, bad) = release(&a.mem, start, len);
+                                self.stats.reported_pages += ok;
+                                self.stats.rejected_pages += bad;
+                                releases += 1;
+                            }
+                            None => self.stats.rejected_pages += u64::from(desc.len()) / PAGE_SIZE,
                         }
                     }
                 }
@@ -144,12 +150,30 @@ impl Balloon {
             if queue.add_used(&a.mem, head, 0).is_err() {
                 break; // used ring outside guest memory: the driver broke the queue
             }
-            used = true;
+            used += 1;
+            if used == QUEUE_BUDGET || releases >= MAX_RELEASES_PER_WAKE {
+                // More may wait: continue on the next wake, after the other devices.
+                let _ = self.queue_evts[index].write(1);
+                break;
+            }
         }
-        if used && queue.needs_notification(&a.mem).unwrap_or(true) {
+        if used > 0 && queue.needs_notification(&a.mem).unwrap_or(true) {
             a.interrupt.signal_used_queue();
         }
     }
+}
+
+/// The whole pages of a reported free range `[addr, addr + len)`, as (start, length), if they
+/// lie inside one guest RAM region; None for a range that wraps, is empty, or leaves RAM.
+fn reported_range(mem: &GuestRam, addr: u64, len: u32) -> Option<(u64, u64)> {
+    let start = addr.checked_next_multiple_of(PAGE_SIZE)?;
+    let end = addr.checked_add(u64::from(len))? & !(PAGE_SIZE - 1);
+    if end <= start {
+        return None;
+    }
+    let region = mem.find_region(GuestAddress(start))?;
+    let region_end = region.start_addr().raw_value().checked_add(region.len())?;
+    (end <= region_end).then_some((start, end - start))
 }
 
 fn pages(bytes: u64) -> u32 {
@@ -408,8 +432,9 @@ mod tests {
         );
         b.process_queue(REPORTING);
         assert!(!resident(&mem, 4 * MIB) && !resident(&mem, 6 * MIB - PAGE_SIZE));
-        assert_eq!(b.stats().reported_pages, 512 + 256);
-        assert_eq!(b.stats().rejected_pages, 768);
+        // The range that leaves RAM is refused whole: 4 MiB of pages.
+        assert_eq!(b.stats().reported_pages, 512);
+        assert_eq!(b.stats().rejected_pages, 1024);
         assert_eq!(q[REPORTING].used(&mem).len(), 1);
     }
 
@@ -422,5 +447,59 @@ mod tests {
         mem.write_obj(0u16, GuestAddress(0x1_0404)).unwrap();
         mem.write_obj(1u16, GuestAddress(0x1_0402)).unwrap();
         b.process_queue(INFLATE);
+    }
+
+    #[test]
+    fn reported_ranges_at_the_top_of_the_address_space_are_refused() {
+        let (mut b, mem, mut q) = setup(true);
+        for i in 0..16 {
+            mem.write_obj(1u8, GuestAddress(i * MIB)).unwrap();
+        }
+        q[REPORTING].add(
+            &mem,
+            &[
+                (u64::MAX - 100, 4096, true),
+                (0xffff_ffff_ffff_f000, 0x2000, true),
+                (0xffff_ffff_ffff_f001, 0x1fff, true),
+            ],
+        );
+        b.process_queue(REPORTING);
+        assert_eq!(b.stats().reported_pages, 0);
+        for i in 0..16 {
+            assert!(
+                resident(&mem, i * MIB),
+                "guest RAM at {i} MiB was discarded"
+            );
+        }
+        assert_eq!(q[REPORTING].used(&mem).len(), 1);
+    }
+
+    #[test]
+    fn a_queue_of_scattered_pages_is_served_in_bounded_wakes() {
+        let mut b = Balloon::new(8 * MIB, false).unwrap();
+        let mem = GuestRam::from_ranges(&[(GuestAddress(0), 16 * MIB as usize)]).unwrap();
+        let mut inflate = TestQueue::new(&mem, 0x1_0000, 256);
+        let deflate = TestQueue::new(&mem, 0x4_0000, 16);
+        let irq = Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap());
+        b.activate(mem.clone(), vec![inflate.queue(), deflate.queue()], irq)
+            .unwrap();
+        // 256 buffers of 256 every-other-page PFNs: 65536 madvise calls if served at once.
+        let pfns: Vec<u8> = (0..256u32)
+            .flat_map(|i| (1024 + 2 * i).to_le_bytes())
+            .collect();
+        mem.write_slice(&pfns, GuestAddress(0x8_0000)).unwrap();
+        for _ in 0..256 {
+            inflate.add(&mem, &[(0x8_0000, pfns.len() as u32, false)]);
+        }
+        b.process_queue(INFLATE);
+        let served = inflate.used(&mem).len();
+        assert!(
+            (1..256).contains(&served),
+            "{served} chains in one wake: no madvise budget"
+        );
+        assert_eq!(b.queue_evts[INFLATE].read().unwrap(), 1, "kicked itself");
+        while inflate.used(&mem).len() < 256 {
+            b.process_queue(INFLATE);
+        }
     }
 }

@@ -14,6 +14,7 @@ const VERSION: u32 = 2;
 const VENDOR: u32 = 0x4c50_4e50; // "PNPL"
 
 // Device status bits.
+const STATUS_DRIVER: u32 = 2;
 const STATUS_FEATURES_OK: u32 = 8;
 const STATUS_DRIVER_OK: u32 = 4;
 const STATUS_NEEDS_RESET: u32 = 0x40;
@@ -97,11 +98,18 @@ impl MmioTransport {
         self.interrupt.ack(u32::MAX);
     }
 
+    /// True while the driver may still write DriverFeatures: DRIVER set, FEATURES_OK not yet.
+    fn negotiating(&self) -> bool {
+        self.status & STATUS_DRIVER != 0 && self.status & STATUS_FEATURES_OK == 0
+    }
+
     fn set_status(&mut self, value: u32) {
         if value == 0 {
             return self.reset();
         }
-        let mut value = value;
+        // Status bits are only ever set by the driver; clearing one takes a reset. A driver that
+        // drops FEATURES_OK or DRIVER_OK cannot renegotiate features under an active device.
+        let mut value = value | (self.status & (STATUS_FEATURES_OK | STATUS_DRIVER_OK));
         if value & STATUS_FEATURES_OK != 0 && self.status & STATUS_FEATURES_OK == 0 {
             let ok = self.driver_features & !self.features == 0
                 && self.driver_features & F_VERSION_1 != 0;
@@ -178,6 +186,10 @@ impl MmioTransport {
         };
         match offset {
             0x14 => self.device_features_sel = v,
+            // DriverFeatures only counts while features are negotiated (virtio 1.x 3.1.1):
+            // after FEATURES_OK (or before DRIVER) a write is ignored, so the features the device
+            // acked and the ones a snapshot saves stay the same.
+            0x20 if !self.negotiating() => {}
             0x20 => match self.driver_features_sel {
                 0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v),
                 1 => {
@@ -269,7 +281,9 @@ impl MmioTransport {
                 found: s.device_type,
             });
         }
-        if s.driver_features & !self.features != 0 {
+        // Before FEATURES_OK the driver may have written anything; FEATURES_OK then fails
+        // again after the restore, as it would have.
+        if s.status & STATUS_FEATURES_OK != 0 && s.driver_features & !self.features != 0 {
             return Err(PersistError::Features {
                 device_type: self.device_type,
                 features: s.driver_features & !self.features,

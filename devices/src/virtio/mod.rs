@@ -30,6 +30,12 @@ pub const TYPE_VSOCK: u32 = 19;
 /// Feature bit every virtio 1.x device offers (and a driver must accept).
 pub const F_VERSION_1: u64 = 1 << 32;
 
+/// Most chains a device serves per wake of the event loop (devices with their own, larger
+/// figures: block and net). With more waiting it kicks its own queue eventfd and returns, so a
+/// guest that keeps a queue full cannot hold the loop shared by every device, the pause gate and
+/// the VM's exit.
+pub const QUEUE_BUDGET: usize = 256;
+
 /// Size of one device's MMIO window.
 pub const MMIO_WINDOW: u64 = 0x1000;
 

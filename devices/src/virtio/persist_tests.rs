@@ -230,3 +230,39 @@ fn a_restored_vsock_device_tells_the_driver_its_connections_are_gone() {
     assert!(other.restore_state(&saved.device).is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn feature_bits_written_after_features_ok_are_ignored_and_the_device_still_round_trips() {
+    let mem = mem();
+    let mut a = rig(&mem);
+    driver_activates(&mut a.transport);
+    // A hostile driver: every feature bit, after FEATURES_OK and DRIVER_OK; and an attempt to
+    // drop FEATURES_OK to renegotiate.
+    reg(&mut a.transport, 0x24, 0);
+    reg(&mut a.transport, 0x20, u32::MAX);
+    reg(&mut a.transport, 0x24, 1);
+    reg(&mut a.transport, 0x20, u32::MAX);
+    reg(&mut a.transport, 0x70, 1 | 2);
+    reg(&mut a.transport, 0x20, u32::MAX);
+    assert_eq!(read_reg(&mut a.transport, 0x70), 1 | 2 | 8 | 4);
+    let saved = a.transport.save();
+    assert_eq!(saved.driver_features, 1 << 32, "only VERSION_1, as acked");
+    let mut b = rig(&mem);
+    b.transport.restore(&saved).unwrap();
+
+    // Unoffered bits written during negotiation: FEATURES_OK fails, and a snapshot taken then
+    // still restores (into the same failed negotiation).
+    let mut c = rig(&mem);
+    reg(&mut c.transport, 0x70, 1 | 2);
+    reg(&mut c.transport, 0x24, 1);
+    reg(&mut c.transport, 0x20, u32::MAX);
+    reg(&mut c.transport, 0x70, 1 | 2 | 8);
+    assert_eq!(
+        read_reg(&mut c.transport, 0x70) & 8,
+        0,
+        "FEATURES_OK refused"
+    );
+    let saved = c.transport.save();
+    let mut d = rig(&mem);
+    d.transport.restore(&saved).unwrap();
+}

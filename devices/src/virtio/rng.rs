@@ -11,6 +11,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 const QUEUE_SIZE: u16 = 256;
 /// Most bytes served per request: a guest asking for gigabytes gets a short answer.
 const MAX_REQUEST: usize = 64 << 10;
+/// Most random bytes handed out per wake of the event loop.
+const BYTES_PER_WAKE: usize = 1 << 20;
 
 /// The entropy device.
 pub struct Rng {
@@ -32,12 +34,13 @@ impl Rng {
         Ok(vec![self.queue_evt.try_clone()?])
     }
 
-    /// Serve every available request; returns how many were completed.
+    /// Serve available requests, up to `QUEUE_BUDGET` (then the device kicks itself to go on
+    /// later); returns how many were completed.
     fn process(&mut self) -> usize {
         let Some((mem, queue, interrupt)) = &mut self.active else {
             return 0;
         };
-        let mut done = 0;
+        let (mut done, mut total) = (0, 0);
         let mut buf = vec![0u8; MAX_REQUEST];
         while let Some(chain) = queue.pop_descriptor_chain(&*mem) {
             let head = chain.head_index();
@@ -58,6 +61,11 @@ impl Rng {
                 break; // used ring outside guest memory: the driver broke the queue
             }
             done += 1;
+            total += written;
+            if done == super::QUEUE_BUDGET || total >= BYTES_PER_WAKE {
+                let _ = self.queue_evt.write(1); // more may wait: continue on the next wake
+                break;
+            }
         }
         if done > 0 && queue.needs_notification(&*mem).unwrap_or(true) {
             interrupt.signal_used_queue();
@@ -186,5 +194,19 @@ mod tests {
         mem.write_obj(0u16, GuestAddress(0x1000 + 0x404)).unwrap();
         mem.write_obj(1u16, GuestAddress(0x1000 + 0x402)).unwrap();
         assert_eq!(rng.process(), 1);
+    }
+
+    #[test]
+    fn a_full_queue_is_served_one_budget_per_wake() {
+        let (mut rng, mut tq, mem) = active(256);
+        for _ in 0..256 {
+            tq.add(&mem, &[(0x8000, 64, true)]);
+        }
+        assert_eq!(rng.process(), crate::virtio::QUEUE_BUDGET);
+        assert_eq!(
+            rng.queue_evt.read().unwrap(),
+            1,
+            "the device kicked itself to go on"
+        );
     }
 }

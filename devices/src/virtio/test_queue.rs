@@ -9,7 +9,8 @@ const NEXT: u16 = 1;
 const WRITE: u16 = 2;
 
 /// A queue of `size` entries at `base`: descriptors, then the avail ring at +0x400, then the
-/// used ring at +0x800 (enough for 16 entries).
+/// used ring at +0x800 (16 entries or fewer); for larger queues (up to 256) the rings are at
+/// +0x1000 and +0x2000.
 pub struct TestQueue {
     base: u64,
     size: u16,
@@ -19,8 +20,8 @@ pub struct TestQueue {
 
 impl TestQueue {
     pub fn new(mem: &GuestRam, base: u64, size: u16) -> Self {
-        assert!(size <= 16);
-        mem.write_slice(&[0u8; 0xc00], GuestAddress(base)).unwrap();
+        assert!(size <= 256);
+        mem.write_slice(&[0u8; 0x3000], GuestAddress(base)).unwrap();
         Self {
             base,
             size,
@@ -29,15 +30,23 @@ impl TestQueue {
         }
     }
 
+    fn avail(&self) -> u64 {
+        self.base + if self.size <= 16 { 0x400 } else { 0x1000 }
+    }
+
+    fn used_ring(&self) -> u64 {
+        self.base + if self.size <= 16 { 0x800 } else { 0x2000 }
+    }
+
     /// The device's view, ready.
     pub fn queue(&self) -> Queue {
         let mut q = Queue::new(self.size).unwrap();
         let split = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
         let (lo, hi) = split(self.base);
         q.set_desc_table_address(lo, hi);
-        let (lo, hi) = split(self.base + 0x400);
+        let (lo, hi) = split(self.avail());
         q.set_avail_ring_address(lo, hi);
-        let (lo, hi) = split(self.base + 0x800);
+        let (lo, hi) = split(self.used_ring());
         q.set_used_ring_address(lo, hi);
         q.set_size(self.size);
         q.set_ready(true);
@@ -63,10 +72,10 @@ impl TestQueue {
                 .unwrap();
         }
         let slot = u64::from(self.avail_idx % self.size);
-        mem.write_obj(head, GuestAddress(self.base + 0x404 + slot * 2))
+        mem.write_obj(head, GuestAddress(self.avail() + 4 + slot * 2))
             .unwrap();
         self.avail_idx = self.avail_idx.wrapping_add(1);
-        mem.write_obj(self.avail_idx, GuestAddress(self.base + 0x402))
+        mem.write_obj(self.avail_idx, GuestAddress(self.avail() + 2))
             .unwrap();
         head
     }
@@ -84,10 +93,10 @@ impl TestQueue {
 
     /// The used ring so far: (descriptor head, length written).
     pub fn used(&self, mem: &GuestRam) -> Vec<(u16, u32)> {
-        let n: u16 = mem.read_obj(GuestAddress(self.base + 0x802)).unwrap();
+        let n: u16 = mem.read_obj(GuestAddress(self.used_ring() + 2)).unwrap();
         (0..u64::from(n))
             .map(|i| {
-                let at = self.base + 0x804 + (i % u64::from(self.size)) * 8;
+                let at = self.used_ring() + 4 + (i % u64::from(self.size)) * 8;
                 let id: u32 = mem.read_obj(GuestAddress(at)).unwrap();
                 let len: u32 = mem.read_obj(GuestAddress(at + 4)).unwrap();
                 (id as u16, len)

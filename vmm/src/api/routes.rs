@@ -4,6 +4,7 @@
 use super::types::*;
 use crate::migration::sender::{MigrateError, MigrateOptions};
 use crate::vm::actions::ActionError;
+use crate::vm::control::ControlOpError;
 use crate::vm::Vm;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -78,19 +79,27 @@ fn state(vm: &Vm, c: StateChange) -> Reply {
     match c.state {
         RunState::Paused => match vm.pause() {
             Ok(()) => Reply::ok(&vm.info()),
-            Err(e) => Reply::error(500, e),
+            Err(e) => control_error(e),
         },
-        RunState::Running => {
-            vm.resume();
-            Reply::ok(&vm.info())
-        }
+        RunState::Running => match vm.resume() {
+            Ok(()) => Reply::ok(&vm.info()),
+            Err(e) => control_error(e),
+        },
     }
 }
 
 fn snapshot(vm: &Vm, s: SnapshotCreate) -> Reply {
     match vm.snapshot(&s.path, s.kind == SnapshotKind::Diff) {
         Ok(r) => Reply::ok(&r),
-        Err(e) => Reply::error(500, e),
+        Err(e) => control_error(e),
+    }
+}
+
+/// 409 when another operation holds the VM, 500 for the rest.
+fn control_error(e: ControlOpError) -> Reply {
+    match e {
+        e @ ControlOpError::Busy(_) => Reply::error(409, e),
+        e => Reply::error(500, e),
     }
 }
 
@@ -101,7 +110,7 @@ fn action(vm: &Vm, a: ActionRequest) -> Reply {
                 action: Action::Stop,
                 request: Some(r.request),
             }),
-            Err(e @ ActionError::NoAgent) => Reply::error(409, e),
+            Err(e @ (ActionError::NoAgent | ActionError::Busy(_))) => Reply::error(409, e),
             Err(e) => Reply::error(500, e),
         },
         Action::Kill => {
@@ -120,7 +129,7 @@ fn balloon(vm: &Vm, b: BalloonChange) -> Reply {
     };
     match vm.set_balloon_target(bytes) {
         Ok(t) => Reply::ok(&t),
-        Err(e @ ActionError::NoBalloon) => Reply::error(409, e),
+        Err(e @ (ActionError::NoBalloon | ActionError::Busy(_))) => Reply::error(409, e),
         Err(e) => Reply::error(400, e),
     }
 }
@@ -148,7 +157,7 @@ fn migrate(vm: &Vm, m: MigrateRequest) -> Reply {
     };
     match vm.migrate(&opts) {
         Ok(r) => Reply::ok(&r),
-        Err(e @ MigrateError::Busy) => Reply::error(409, e),
+        Err(e @ MigrateError::Busy(_)) => Reply::error(409, e),
         Err(e) => Reply::error(500, e),
     }
 }

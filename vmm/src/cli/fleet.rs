@@ -10,6 +10,14 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// A line on stdout; a closed stdout (piped into `head`) is not an error of the command.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// Exit status of `stop` when the guest did not power off in time and was stopped by force.
 pub const STOP_FORCED: i32 = 2;
 /// How long `ls` waits for one VM's API (a busy host answers slowly).
@@ -206,7 +214,7 @@ pub fn kill(t: &Target) -> Result<i32, ManageError> {
     let r = t.resolve("kill")?;
     let (pid, start) = process_of(&r)?;
     let how = force(&r, pid, start)?;
-    println!("{}: killed {how}", r.label);
+    out!("{}: killed {how}", r.label);
     Ok(0)
 }
 
@@ -224,7 +232,7 @@ pub fn stop(t: &Target, timeout: Duration) -> Result<i32, ManageError> {
                 true => "stopped gracefully: the guest agent powered it off",
                 false => "ended by itself before a power-off request reached it",
             };
-            println!("{}: {how}", r.label);
+            out!("{}: {how}", r.label);
             if let Some(e) = &r.entry {
                 registry::remove_stale(&e.name);
             }
@@ -242,7 +250,7 @@ pub fn stop(t: &Target, timeout: Duration) -> Result<i32, ManageError> {
             ) {
                 Ok(_) => {
                     posted = true;
-                    eprintln!("plainvm: {}: asked the guest agent to power off", r.label);
+                    plainvm_devices::log_line!("{}: asked the guest agent to power off", r.label);
                 }
                 // 409: no agent (yet: a booting guest may still start one). Keep asking.
                 Err(ClientError::Api { message, .. }) => last_error = message,
@@ -259,7 +267,7 @@ pub fn stop(t: &Target, timeout: Duration) -> Result<i32, ManageError> {
         false => last_error,
     };
     let how = force(&r, pid, start)?;
-    println!(
+    out!(
         "{}: forced stop after {} s ({why}); killed {how}",
         r.label,
         timeout.as_secs()

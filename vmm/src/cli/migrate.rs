@@ -14,6 +14,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// A line on stdout; a closed stdout (piped into `head`) is not an error of the command.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// `plainvm migrate`: options beyond the VM's API socket.
 #[derive(Args)]
 pub struct MigrateArgs {
@@ -101,20 +109,20 @@ pub fn migrate(sock: &Path, args: &MigrateArgs) -> Result<i32, String> {
         };
         let line = progress_line(&p, start.elapsed());
         if tty {
-            eprint!("\r\x1b[2K{line}");
+            plainvm_devices::log::raw(&format!("\r\x1b[2K{line}"));
         } else if last_line.elapsed() >= Duration::from_secs(1) {
-            eprintln!("{line}");
+            plainvm_devices::log::raw(&format!("{line}\n"));
             last_line = Instant::now();
         }
     }
     if tty {
-        eprintln!();
+        plainvm_devices::log::raw("\n");
     }
     let r = call_thread
         .join()
         .map_err(|_| "the migration request thread failed".to_string())?
         .map_err(|e| format!("migration failed: {e}"))?;
-    println!(
+    out!(
         "migrated: downtime {:.1} ms, total {:.0} ms, {} passes, {:.0} MiB sent at {:.0} MiB/s, throttled up to {}%",
         r.downtime_ms,
         r.total_ms,

@@ -163,6 +163,8 @@ pub fn restore(args: RestoreArgs, start: Instant) -> Result<i32, String> {
     let cfg = Overrides::parse(&args.set)
         .and_then(|o| o.apply(state.config.clone()))
         .map_err(|e| e.to_string())?;
+    cfg.check()
+        .map_err(|e| format!("the snapshot's configuration cannot be used here: {e}"))?;
     let reg = register(args.name.as_deref(), args.api_sock.as_deref(), &cfg)?;
     let memory = RestoreMemory::Snapshot {
         dir: args.dir.clone(),
@@ -175,8 +177,8 @@ pub fn restore(args: RestoreArgs, start: Instant) -> Result<i32, String> {
     drop(reg);
     if args.verbose {
         let us = out.vcpu_start.duration_since(start).as_micros();
-        eprintln!(
-            "plainvm: restored: vCPUs running {}.{:03} ms after start; ran for {} ms",
+        plainvm_devices::log_line!(
+            "restored: vCPUs running {}.{:03} ms after start; ran for {} ms",
             us / 1000,
             us % 1000,
             start.elapsed().as_millis()
@@ -213,30 +215,26 @@ pub fn serve(
 pub fn report(out: RunResult, verbose: bool, start: Instant) -> Result<i32, String> {
     if verbose {
         if let Some(t) = out.template {
-            eprintln!("plainvm: cpu template {t:?}");
+            plainvm_devices::log_line!("cpu template {t:?}");
         }
         for (code, at) in &out.milestones {
             let us = at.duration_since(start).as_micros();
-            eprintln!(
-                "plainvm: milestone {code} at {}.{:03} ms",
-                us / 1000,
-                us % 1000
-            );
+            plainvm_devices::log_line!("milestone {code} at {}.{:03} ms", us / 1000, us % 1000);
         }
         for line in
             crate::device_manager::hypercall::mark_report(&out.hypercall, start, out.vcpu_start)
         {
-            eprintln!("plainvm: {line}");
+            plainvm_devices::log_line!("{line}");
         }
         let bp =
             crate::vcpu::emulation::BREAKPOINTS_INJECTED.load(std::sync::atomic::Ordering::Relaxed);
-        eprintln!("plainvm: int3 emulation failures answered with #BP: {bp}");
-        eprintln!("plainvm: ran for {} ms", start.elapsed().as_millis());
+        plainvm_devices::log_line!("int3 emulation failures answered with #BP: {bp}");
+        plainvm_devices::log_line!("ran for {} ms", start.elapsed().as_millis());
     }
     match out.reason {
         ExitReason::Crash(msg) => Err(msg),
         ExitReason::Migrated(msg) => {
-            eprintln!("plainvm: {msg}");
+            plainvm_devices::log_line!("{msg}");
             Ok(0)
         }
         r => Ok(r.status()),

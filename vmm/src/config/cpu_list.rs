@@ -55,6 +55,9 @@ pub fn allowed() -> Vec<usize> {
 
 /// Check a parsed list against the allowed CPUs and the vCPU count.
 pub fn validate(cpus: &[usize], vcpus: usize) -> Result<(), AffinityError> {
+    if let Some(&cpu) = cpus.iter().find(|&&c| c >= libc::CPU_SETSIZE as usize) {
+        return Err(AffinityError::Bad(cpu.to_string()));
+    }
     let ok = allowed();
     if let Some(&cpu) = cpus.iter().find(|c| !ok.contains(c)) {
         return Err(AffinityError::NotAllowed {

@@ -200,30 +200,13 @@ impl FileConfig {
         check_memory(memory_bytes)?;
         let cpu_affinity = match &self.cpu_affinity {
             None => Vec::new(),
-            Some(s) => {
-                let list = cpu_list::parse(s)?;
-                cpu_list::validate(&list, cpus as usize)?;
-                list
-            }
+            Some(s) => cpu_list::parse(s)?,
         };
-        if let Some(c) = &self.cmdline {
-            if c.len() > MAX_CMDLINE {
-                return Err(ConfigError::CmdlineTooLong(c.len()));
-            }
-            if c.contains('\0') {
-                return Err(ConfigError::CmdlineNul);
-            }
-        }
-        let disks = self.disks.unwrap_or_default();
-        disks.iter().try_for_each(disk::check)?;
-        if let Some(v) = &self.vsock {
-            vsock::check(v)?;
-        }
         let balloon = match &self.balloon {
             Some(b) => Some(balloon::validate(b, memory_bytes)?),
             None => None,
         };
-        Ok(VmConfig {
+        let cfg = VmConfig {
             kernel: self.kernel,
             initrd: self.initrd,
             cmdline: self.cmdline,
@@ -234,10 +217,46 @@ impl FileConfig {
             cpu_template: self.cpu_template.unwrap_or_default(),
             rng: self.rng.unwrap_or(false),
             nets: net::validate_nets(self.nets.unwrap_or_default())?,
-            disks,
+            disks: self.disks.unwrap_or_default(),
             vsock: self.vsock,
             balloon,
-        })
+        };
+        cfg.check()?;
+        Ok(cfg)
+    }
+}
+
+impl VmConfig {
+    /// Check every value as `FileConfig::validate` does, against this host (its CPUs and RAM).
+    /// A configuration that comes from a snapshot or a migration stream goes through this
+    /// before anything is built from it, like one from the command line.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.cpus == 0 || self.cpus > MAX_VCPUS {
+            return Err(ConfigError::BadCpus(u64::from(self.cpus)));
+        }
+        check_memory(self.memory_bytes)?;
+        if !self.cpu_affinity.is_empty() {
+            cpu_list::validate(&self.cpu_affinity, usize::from(self.cpus))?;
+        }
+        if let Some(c) = &self.cmdline {
+            if c.len() > MAX_CMDLINE {
+                return Err(ConfigError::CmdlineTooLong(c.len()));
+            }
+            if c.contains('\0') {
+                return Err(ConfigError::CmdlineNul);
+            }
+        }
+        for n in &self.nets {
+            net::check_device(n)?;
+        }
+        self.disks.iter().try_for_each(disk::check)?;
+        if let Some(v) = &self.vsock {
+            vsock::check(v)?;
+        }
+        if let Some(b) = &self.balloon {
+            balloon::check_target(b.target_bytes, self.memory_bytes)?;
+        }
+        Ok(())
     }
 }
 

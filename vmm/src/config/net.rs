@@ -44,6 +44,21 @@ pub fn parse_net(s: &str) -> Result<NetConfig, NetConfigError> {
     Ok(n)
 }
 
+/// Check a validated network device (from a snapshot or stream): a tap name and a unicast MAC.
+pub fn check_device(n: &NetDevice) -> Result<(), NetConfigError> {
+    if n.tap.is_empty() {
+        return Err(NetConfigError::EmptyTap);
+    }
+    MacAddr(n.mac)
+        .to_string()
+        .parse::<MacAddr>()
+        .map(|_| ())
+        .map_err(|source| NetConfigError::BadMac {
+            tap: n.tap.clone(),
+            source,
+        })
+}
+
 /// Check each network device's MAC, or generate a locally administered one.
 pub fn validate_nets(nets: Vec<NetConfig>) -> Result<Vec<NetDevice>, NetConfigError> {
     nets.into_iter()

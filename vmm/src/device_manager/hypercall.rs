@@ -10,7 +10,7 @@ pub use plainvm_devices::hypercall::{HypercallState, RequestKind, StateError};
 use plainvm_devices::Bus;
 use plainvm_devices::GuestRam;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vmm_sys_util::epoll::EventSet;
@@ -86,13 +86,13 @@ struct VmmHost {
 impl HypercallHost for VmmHost {
     fn power(&mut self, reboot: bool, code: u8) {
         if reboot {
-            eprintln!("plainvm: the guest asked to reboot; plainvm has no reboot yet, so it stops with status {code}");
+            plainvm_devices::log_line!("the guest asked to reboot; plainvm has no reboot yet, so it stops with status {code}");
         }
         self.exit.request(ExitReason::GuestCode(i32::from(code)));
     }
 
     fn log(&mut self, line: &str) {
-        eprintln!("plainvm: {line}");
+        plainvm_devices::log_line!("{line}");
     }
 }
 
@@ -136,8 +136,17 @@ pub fn start(
 
 /// The eventfd the SIGTERM handler pokes (-1: none yet).
 static SIGTERM_FD: AtomicI32 = AtomicI32::new(-1);
+/// A SIGTERM the event loop has not handled yet.
+static SIGTERM_PENDING: AtomicBool = AtomicBool::new(false);
+
+/// True when a SIGTERM arrived that the event loop has not handled (it may be parked: the VM is
+/// paused; see `loop_gate`).
+pub fn sigterm_pending() -> bool {
+    SIGTERM_PENDING.load(Ordering::SeqCst)
+}
 
 extern "C" fn on_sigterm(_sig: libc::c_int) {
+    SIGTERM_PENDING.store(true, Ordering::SeqCst);
     let fd = SIGTERM_FD.load(Ordering::SeqCst);
     if fd >= 0 {
         let one = 1u64;
@@ -186,6 +195,7 @@ impl Watch {
 
     fn on_sigterm(&mut self) {
         let _ = self.sigterm.read();
+        SIGTERM_PENDING.store(false, Ordering::SeqCst);
         if self.deadline.is_some() {
             self.exit.request(ExitReason::Crash(
                 "stopped by a second SIGTERM before the guest powered off".into(),
@@ -204,8 +214,7 @@ impl Watch {
         }
         match post_request(&self.state, RequestKind::PowerOff { code: 0 }) {
             Ok(id) => {
-                eprintln!(
-                    "plainvm: SIGTERM: asked the guest agent to power off (request {id}); stopping anyway in {} s",
+                plainvm_devices::log_line!("SIGTERM: asked the guest agent to power off (request {id}); stopping anyway in {} s",
                     STOP_TIMEOUT.as_secs()
                 );
                 self.deadline = Some(Instant::now() + STOP_TIMEOUT);
@@ -220,8 +229,8 @@ impl Watch {
     fn on_tick(&mut self) {
         let now = Instant::now();
         if let Some(HeartbeatEvent::Missed { silent, interval }) = self.state.check_heartbeat(now) {
-            eprintln!(
-                "plainvm: guest heartbeat missed: no beat for {} ms (declared interval {} ms)",
+            plainvm_devices::log_line!(
+                "guest heartbeat missed: no beat for {} ms (declared interval {} ms)",
                 silent.as_millis(),
                 interval.as_millis()
             );

@@ -1,7 +1,7 @@
 //! Parks the device event loop while the VM is paused, so no device touches guest memory or its
 //! queues while a snapshot or the last migration pass reads them.
 
-use crate::host::exit::ExitSignal;
+use crate::host::exit::{ExitReason, ExitSignal};
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use plainvm_devices::lock;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -87,6 +87,14 @@ impl LoopGate {
         *s = State::Closed;
         self.changed.notify_all();
         while *s == State::Closed && !self.exit.is_requested() {
+            if super::hypercall::sigterm_pending() {
+                // A paused guest cannot shut itself down: SIGTERM ends it here and now.
+                self.exit.request(ExitReason::Crash(
+                    "stopped by SIGTERM while paused (a paused guest cannot power off cleanly)"
+                        .into(),
+                ));
+                break;
+            }
             s = self
                 .changed
                 .wait_timeout(s, EXIT_POLL)

@@ -213,8 +213,8 @@ pub fn register(
         None => match Registration::claim(&generated_name(), api_sock, cfg) {
             Ok(r) => Ok(Some(r)),
             Err(e) => {
-                eprintln!(
-                    "plainvm: warning: not registered (`plainvm ls` will not show this VM): {e}"
+                plainvm_devices::log_warn!(
+                    "not registered (`plainvm ls` will not show this VM): {e}"
                 );
                 Ok(None)
             }

@@ -17,7 +17,7 @@ pub fn armed(point: &str) -> bool {
 /// Exit abruptly (no cleanup, like a crash) if `point` is armed.
 pub fn crash_at(point: &str) {
     if armed(point) {
-        eprintln!("plainvm: fault injection: exiting at {point}");
+        plainvm_devices::log_line!("fault injection: exiting at {point}");
         // SAFETY: _exit ends the process at once, which is the point of this fault.
         unsafe { libc::_exit(86) };
     }

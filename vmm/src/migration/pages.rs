@@ -22,6 +22,7 @@ pub enum PagesError {
 pub struct MemoryImage {
     regions: Vec<(usize, usize)>,
     total: u64,
+    file_backed: bool,
 }
 
 // SAFETY: the image only holds addresses of mappings owned by a GuestRam that the user
@@ -39,7 +40,11 @@ impl MemoryImage {
             })
             .collect();
         let total = regions.iter().map(|r| r.1 as u64).sum();
-        Self { regions, total }
+        Self {
+            regions,
+            total,
+            file_backed: false,
+        }
     }
 
     /// Bytes in the image.
@@ -74,7 +79,15 @@ impl MemoryImage {
             .map(|p| unsafe { std::slice::from_raw_parts(p as *const u8, PAGE) })
     }
 
-    /// Every page offset that may hold data on the first pass: resident and not all zero.
+    /// Mark the memory as mapping a snapshot's memory file (a restored VM): a page that is not
+    /// in the page cache still holds data.
+    pub fn file_backed(mut self, yes: bool) -> Self {
+        self.file_backed = yes;
+        self
+    }
+
+    /// Every page offset that may hold data on the first pass: not all zero, and resident unless
+    /// the memory is file-backed (then every page is read).
     pub fn first_pass_pages(&self) -> Vec<u64> {
         let mut out = Vec::new();
         let mut base = 0u64;
@@ -86,7 +99,7 @@ impl MemoryImage {
                 unsafe { libc::mincore(host as *mut libc::c_void, len, resident.as_mut_ptr()) }
                     == 0;
             for (i, r) in resident.iter().enumerate() {
-                if ok && r & 1 == 0 {
+                if ok && !self.file_backed && r & 1 == 0 {
                     continue; // never touched: the destination's fresh memory is zero too
                 }
                 let off = base + (i * PAGE) as u64;

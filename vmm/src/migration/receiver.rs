@@ -47,12 +47,12 @@ impl Incoming {
     /// Listen on `listen`, take one connection and check its preamble (and key).
     pub fn accept(listen: SocketAddr, key: Option<&[u8; 32]>) -> Result<Self, ReceiveError> {
         let listener = TcpListener::bind(listen).map_err(|e| ReceiveError::Listen(listen, e))?;
-        eprintln!("plainvm: waiting for a migration on {listen}");
+        plainvm_devices::log_line!("waiting for a migration on {listen}");
         let (stream, peer) = listener
             .accept()
             .map_err(|e| ReceiveError::Listen(listen, e))?;
         drop(listener);
-        eprintln!("plainvm: migration from {peer}");
+        plainvm_devices::log_line!("migration from {peer}");
         Ok(Self {
             ch: Channel::accept(stream, key)?,
         })
@@ -79,11 +79,11 @@ impl Incoming {
                     img.apply_zeros(&payload)?;
                 }
                 Kind::PassEnd => {
-                    eprintln!("plainvm: migration: pass {pass} received");
+                    plainvm_devices::log_line!("migration: pass {pass} received");
                     pass += 1;
                 }
                 Kind::State => {
-                    eprintln!("plainvm: migration: receiving the final state");
+                    plainvm_devices::log_line!("migration: receiving the final state");
                     return Ok(payload);
                 }
                 got => {
@@ -104,7 +104,7 @@ impl Incoming {
         self.ch.send_now(Kind::StateReady, &[])?;
         self.ch.expect(Kind::Commit, "the commit")?;
         if super::fault::armed(super::fault::DEST_DROP_AFTER_COMMIT) {
-            eprintln!("plainvm: fault injection: dropping the link after the commit");
+            plainvm_devices::log_line!("fault injection: dropping the link after the commit");
             return Ok(());
         }
         let _ = self.ch.send_now(Kind::Running, &[]);

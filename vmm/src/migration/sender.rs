@@ -29,6 +29,9 @@ pub trait Source {
     fn hello(&self) -> Hello;
     /// Guest memory.
     fn memory(&self) -> &GuestRam;
+    /// True when guest memory maps a snapshot's memory file (pages not in the page cache
+    /// still hold data).
+    fn file_backed(&self) -> bool;
     /// Start (or restart) the dirty-page log with nothing in it.
     fn start_dirty_log(&self) -> Result<(), SourceError>;
     /// The pages written since the last call, one bitmap per memory region.
@@ -70,8 +73,8 @@ pub enum MigrateError {
     Timeout(Duration),
     #[error("the link broke at the commit ({0}): the destination may or may not be running the VM. This VM stays PAUSED so that there are never two running copies: check the destination, and only if it is not running, `plainvm resume` here")]
     AtCommit(FrameError),
-    #[error("a migration is already in progress")]
-    Busy,
+    #[error("{0}")]
+    Busy(String),
 }
 
 const MIB: f64 = 1048576.0;
@@ -95,7 +98,7 @@ pub fn migrate(
     ch.send_now(Kind::Hello, &hello)?;
     ch.expect(Kind::Ready, "the destination to get ready")?;
 
-    let img = MemoryImage::new(src.memory());
+    let img = MemoryImage::new(src.memory()).file_backed(src.file_backed());
     let take_dirty = || -> Result<Vec<u64>, MigrateError> {
         let d = src.take_dirty().map_err(MigrateError::Source)?;
         Ok(img.dirty_pages(&d))

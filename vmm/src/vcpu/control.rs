@@ -47,9 +47,20 @@ pub fn set_thread_kvm_run(run: *mut kvm_run) {
     KVM_RUN.with(|c| c.set(run));
 }
 
+/// Who holds the vCPUs paused. They run only when nobody does, so the migration's throttle
+/// releasing its hold never resumes a VM the user paused, and the other way round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Holder {
+    /// A pause through the API (and the pauses of snapshot, migration, stop).
+    User = 1,
+    /// Auto-converge during a migration.
+    Throttle = 2,
+}
+
 #[derive(Default)]
 struct State {
-    want_paused: bool,
+    /// `Holder` bits.
+    holds: u8,
     stopping: bool,
     parked: usize,
 }
@@ -63,14 +74,11 @@ pub struct VcpuControl {
 }
 
 impl VcpuControl {
-    /// Control for `count` vCPUs, which start running unless `paused`.
-    pub fn new(count: usize, paused: bool) -> Self {
+    /// Control for `count` vCPUs, which start running.
+    pub fn new(count: usize) -> Self {
         Self {
             count,
-            state: Mutex::new(State {
-                want_paused: paused,
-                ..Default::default()
-            }),
+            state: Mutex::new(State::default()),
             changed: Condvar::new(),
             threads: Mutex::new(Vec::new()),
         }
@@ -95,13 +103,14 @@ impl VcpuControl {
         }
     }
 
-    /// Stop every vCPU and wait until all are parked (they are then outside KVM_RUN).
-    pub fn pause(&self, timeout: Duration) -> Result<(), ControlError> {
+    /// Hold every vCPU for `who` and wait until all are parked (they are then outside
+    /// KVM_RUN). On a timeout `who`'s hold is dropped again.
+    pub fn pause(&self, who: Holder, timeout: Duration) -> Result<(), ControlError> {
         let mut s = self.lock();
         if s.stopping {
             return Err(ControlError::Stopping);
         }
-        s.want_paused = true;
+        s.holds |= who as u8;
         drop(s);
         self.kick_all();
         let s = self.lock();
@@ -111,21 +120,21 @@ impl VcpuControl {
             .unwrap_or_else(|e| e.into_inner());
         if res.timed_out() {
             drop(s);
-            self.resume();
+            self.resume(who);
             return Err(ControlError::PauseTimeout(timeout));
         }
         Ok(())
     }
 
-    /// Let parked vCPUs run again.
-    pub fn resume(&self) {
-        self.lock().want_paused = false;
+    /// Drop `who`'s hold; the vCPUs run again once nobody holds them.
+    pub fn resume(&self, who: Holder) {
+        self.lock().holds &= !(who as u8);
         self.changed.notify_all();
     }
 
-    /// True when vCPUs are (being) held paused.
-    pub fn is_paused(&self) -> bool {
-        self.lock().want_paused
+    /// True when `who` holds the vCPUs paused.
+    pub fn is_held_by(&self, who: Holder) -> bool {
+        self.lock().holds & who as u8 != 0
     }
 
     /// The VM is ending: release parked vCPUs so their threads can finish.
@@ -139,12 +148,12 @@ impl VcpuControl {
     /// Returns false when the VM is stopping.
     pub fn checkpoint(&self) -> bool {
         let mut s = self.lock();
-        if s.want_paused && !s.stopping {
+        if s.holds != 0 && !s.stopping {
             s.parked += 1;
             self.changed.notify_all();
             s = self
                 .changed
-                .wait_while(s, |s| s.want_paused && !s.stopping)
+                .wait_while(s, |s| s.holds != 0 && !s.stopping)
                 .unwrap_or_else(|e| e.into_inner());
             s.parked -= 1;
         }

@@ -18,6 +18,8 @@ pub enum ActionError {
     #[error("this VM has no balloon device: start it with --balloon")]
     NoBalloon,
     #[error(transparent)]
+    Busy(#[from] super::ops::Busy),
+    #[error(transparent)]
     Balloon(#[from] crate::device_manager::balloon::BalloonError),
 }
 
@@ -46,6 +48,7 @@ impl Vm {
 
     /// Ask the guest agent to power off (the VM ends when the guest does).
     pub fn stop(&self) -> Result<StopPosted, ActionError> {
+        let _op = self.begin(super::ops::Op::Stop)?;
         if !self.agent_listening() {
             return Err(ActionError::NoAgent);
         }
@@ -63,6 +66,7 @@ impl Vm {
     /// Set the balloon target: the guest is asked to give back `bytes` in total.
     pub fn set_balloon_target(&self, bytes: u64) -> Result<BalloonTarget, ActionError> {
         let b = self.balloon.as_ref().ok_or(ActionError::NoBalloon)?;
+        let _op = self.begin(super::ops::Op::Balloon)?;
         b.set_target(bytes)?;
         Ok(BalloonTarget {
             target_mib: b.target() >> 20,

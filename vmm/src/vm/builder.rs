@@ -85,6 +85,7 @@ impl Vm {
     /// Build a VM that boots `cfg`'s kernel (or the bundled test guest).
     pub fn boot(cfg: &VmConfig) -> Result<Vm, VmError> {
         let started = Instant::now();
+        cfg.check()?;
         let k = KvmVm::create(cfg, None)?;
         let exit = Arc::new(ExitSignal::new().map_err(VmError::EventFd)?);
         let devices = device_manager::create(&k.fd, &k.mem, cfg, exit.clone(), None)?;
@@ -120,6 +121,8 @@ impl Vm {
     /// configuration with the host resources this host gives it.
     pub fn restore(cfg: &VmConfig, state: &VmState, memory: RestoreMemory) -> Result<Vm, VmError> {
         let started = Instant::now();
+        // A saved configuration is checked like a command line before anything is built.
+        cfg.check()?;
         if let Some(first) = state.vcpus.first() {
             cpuid::check_cpuid(&first.cpuid)?;
         }
@@ -176,7 +179,7 @@ fn assemble(
 ) -> Result<Vm, VmError> {
     let cfg = parts.cfg;
     install_kick_handler()?;
-    let control = Arc::new(VcpuControl::new(usize::from(cfg.cpus), false));
+    let control = Arc::new(VcpuControl::new(usize::from(cfg.cpus)));
     let mut handles = Vec::with_capacity(usize::from(cfg.cpus));
     let mut vcpus = Vec::with_capacity(usize::from(cfg.cpus));
     for index in 0..cfg.cpus {
@@ -226,5 +229,7 @@ fn assemble(
             events: devices.events,
             vcpus,
         })),
+        op: Mutex::new(None),
+        op_done: std::sync::Condvar::new(),
     })
 }

@@ -1,10 +1,11 @@
 //! Pausing, resuming, reading the whole state and snapshotting a running VM.
 
+use super::ops::Op;
 use super::state::{KvmVmState, VmState};
 use super::Vm;
 use crate::memory::slots::SlotError;
 use crate::snapshot::{self, MemoryContent, SnapshotError, SnapshotStats};
-use crate::vcpu::control::ControlError;
+use crate::vcpu::control::{ControlError, Holder};
 use crate::vcpu::state::{VcpuState, VcpuStateError};
 use plainvm_devices::lock;
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,8 @@ pub enum ControlOpError {
     Gate(#[from] crate::device_manager::loop_gate::GateError),
     #[error("cannot pause a device: {0}")]
     Device(#[from] plainvm_devices::virtio::PersistError),
+    #[error(transparent)]
+    Busy(#[from] super::ops::Busy),
 }
 
 /// What a snapshot took.
@@ -46,17 +49,30 @@ pub struct SnapshotResult {
 }
 
 impl Vm {
-    /// True while the vCPUs are (being) held paused.
+    /// True while the VM is paused (through the API, or by a snapshot or migration).
     pub fn is_paused(&self) -> bool {
-        self.control.is_paused()
+        self.control.is_held_by(Holder::User)
+    }
+
+    /// Pause the VM (see `pause_now`), after any operation already running.
+    pub fn pause(&self) -> Result<(), ControlOpError> {
+        let _op = self.begin(Op::Pause)?;
+        self.pause_now()
+    }
+
+    /// Resume the VM, after any operation already running.
+    pub fn resume(&self) -> Result<(), ControlOpError> {
+        let _op = self.begin(Op::Resume)?;
+        self.resume_now();
+        Ok(())
     }
 
     /// Stop all vCPUs, then the devices: the event loop parks and work in flight finishes, so
     /// nothing changes guest memory or device state until `resume`. On failure a running VM
-    /// runs on, and one that was already paused stays paused.
-    pub fn pause(&self) -> Result<(), ControlOpError> {
-        let was_paused = self.control.is_paused();
-        self.control.pause(PAUSE_TIMEOUT)?;
+    /// runs on, and one that was already paused stays paused. The caller holds the control lock.
+    pub(super) fn pause_now(&self) -> Result<(), ControlOpError> {
+        let was_paused = self.is_paused();
+        self.control.pause(Holder::User, PAUSE_TIMEOUT)?;
         let devices = self
             .gate
             .close(PAUSE_TIMEOUT)
@@ -68,21 +84,21 @@ impl Vm {
             });
         if let Err(e) = devices {
             if !was_paused {
-                self.resume();
+                self.resume_now();
             }
             return Err(e);
         }
         Ok(())
     }
 
-    /// Let devices and vCPUs run again.
-    pub fn resume(&self) {
+    /// Let devices and vCPUs run again. The caller holds the control lock.
+    pub(super) fn resume_now(&self) {
         self.gate.open();
-        self.control.resume();
+        self.control.resume(Holder::User);
     }
 
     /// Read the whole VM state (the VM must be paused).
-    pub fn save_state(&self) -> Result<VmState, ControlOpError> {
+    pub(super) fn save_state(&self) -> Result<VmState, ControlOpError> {
         let msr_indices = self
             .kvm
             .get_msr_index_list()
@@ -112,10 +128,11 @@ impl Vm {
     /// A running VM is paused for it and resumed afterwards, also when the snapshot fails; a
     /// paused VM stays paused.
     pub fn snapshot(&self, dir: &Path, diff: bool) -> Result<SnapshotResult, ControlOpError> {
+        let _op = self.begin(Op::Snapshot)?;
         let t0 = Instant::now();
-        let was_paused = self.control.is_paused();
+        let was_paused = self.is_paused();
         if !was_paused {
-            self.pause()?;
+            self.pause_now()?;
         }
         let result = self
             .save_state()
@@ -123,7 +140,7 @@ impl Vm {
             .and_then(|state| self.write_snapshot(dir, &state, diff));
         let pause = t0.elapsed();
         if !was_paused {
-            self.resume();
+            self.resume_now();
         }
         Ok(SnapshotResult {
             path: dir.display().to_string(),

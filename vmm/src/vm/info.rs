@@ -45,7 +45,7 @@ impl Vm {
     pub fn info(&self) -> VmInfo {
         let h = self.hypercall.snapshot();
         VmInfo {
-            state: if self.control.is_paused() {
+            state: if self.is_paused() {
                 RunState::Paused
             } else {
                 RunState::Running

@@ -1,13 +1,14 @@
 //! Live migration of this VM: the `Source` the sender drives, the progress `GET /migrate`
 //! reports, and ending this copy once the destination runs it.
 
+use super::ops::Op;
 use super::Vm;
 use crate::host::exit::ExitReason;
 use crate::memory::slots::DirtyBitmap;
 use crate::migration::converge::Hold;
 use crate::migration::progress::{MigrateResult, Phase, Progress};
 use crate::migration::sender::{self, Hello, MigrateError, MigrateOptions, Source, SourceError};
-use crate::vcpu::control::VcpuControl;
+use crate::vcpu::control::{Holder, VcpuControl};
 use plainvm_devices::{lock, GuestRam};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,13 +17,10 @@ impl Vm {
     /// Migrate to `opts.to` and wait for the end. On success this copy ends once the API has
     /// answered; on failure before the commit point it keeps running here.
     pub fn migrate(&self, opts: &MigrateOptions) -> Result<MigrateResult, MigrateError> {
-        {
-            let mut m = lock(&self.migration);
-            if m.as_ref().is_some_and(Progress::running) {
-                return Err(MigrateError::Busy);
-            }
-            *m = Some(Progress::default());
-        }
+        let _op = self
+            .begin(Op::Migrate)
+            .map_err(|e| MigrateError::Busy(e.to_string()))?;
+        *lock(&self.migration) = Some(Progress::default());
         let report = |p: &Progress| *lock(&self.migration) = Some(p.clone());
         let result = sender::migrate(self, opts, &report);
         let mut m = lock(&self.migration);
@@ -68,6 +66,10 @@ impl Source for Vm {
         &self.mem
     }
 
+    fn file_backed(&self) -> bool {
+        self.file_backed
+    }
+
     fn start_dirty_log(&self) -> Result<(), SourceError> {
         // The log now records what the passes must resend; it no longer serves diff snapshots.
         *lock(&self.last_snapshot) = None;
@@ -86,11 +88,11 @@ impl Source for Vm {
     }
 
     fn pause(&self) -> Result<(), SourceError> {
-        Ok(Vm::pause(self)?)
+        Ok(self.pause_now()?)
     }
 
     fn resume(&self) {
-        Vm::resume(self)
+        self.resume_now()
     }
 
     fn save_state(&self) -> Result<Vec<u8>, SourceError> {
@@ -107,10 +109,10 @@ struct VcpuHold(Arc<VcpuControl>);
 
 impl Hold for VcpuHold {
     fn hold(&self, timeout: Duration) -> bool {
-        self.0.pause(timeout).is_ok()
+        self.0.pause(Holder::Throttle, timeout).is_ok()
     }
 
     fn release(&self) {
-        self.0.resume()
+        self.0.resume(Holder::Throttle)
     }
 }

@@ -7,6 +7,7 @@ pub mod builder;
 pub mod control;
 pub mod info;
 pub mod migrate;
+pub mod ops;
 pub mod run;
 pub mod state;
 
@@ -31,7 +32,7 @@ use plainvm_devices::legacy::serial::SerialConsole;
 use plainvm_devices::virtio::MmioTransport;
 use plainvm_devices::{lock, GuestRam};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 /// Errors building or running a VM.
@@ -48,6 +49,8 @@ pub enum VmError {
     EventFd(std::io::Error),
     #[error("the device event loop failed: {0:?}")]
     EventLoop(event_manager::Error),
+    #[error("the VM's configuration cannot be used here: {0}")]
+    Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Memory(#[from] crate::memory::MemoryError),
     #[error(transparent)]
@@ -72,8 +75,6 @@ pub enum VmError {
     BadSnapshot { saved: usize, cpus: u8 },
     #[error(transparent)]
     Ksm(#[from] crate::memory::ksm::KsmError),
-    #[error(transparent)]
-    CpuAffinity(#[from] crate::vcpu::affinity::PinError),
     #[error("this VM has been started already")]
     AlreadyStarted,
 }
@@ -121,6 +122,9 @@ pub struct Vm {
     /// Why the process should end once the current API request is answered.
     pending_exit: Mutex<Option<ExitReason>>,
     startup: Mutex<Option<Startup>>,
+    /// The control lock (`ops`): the operation running now.
+    op: Mutex<Option<ops::Op>>,
+    op_done: Condvar,
 }
 
 impl Vm {

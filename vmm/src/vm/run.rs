@@ -48,7 +48,11 @@ impl Vm {
             let thread = v.spawn()?;
             if let Some(&cpu) = self.config.cpu_affinity.get(i) {
                 use std::os::unix::thread::JoinHandleExt;
-                crate::vcpu::affinity::pin(thread.as_pthread_t(), i, cpu)?;
+                // Checked with the configuration; failing now (after a migration's commit)
+                // must not end the VM.
+                if let Err(e) = crate::vcpu::affinity::pin(thread.as_pthread_t(), i, cpu) {
+                    plainvm_devices::log_warn!("{e}; the vCPU runs unpinned");
+                }
             }
         }
         // Start-up is over: what it allocated and freed need not stay resident for the VM's life.

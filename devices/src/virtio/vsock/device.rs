@@ -4,7 +4,9 @@
 use super::muxer::{Muxer, MuxerError};
 use super::packet::{self, Header, HDR_SIZE};
 use crate::virtio::persist::{DeviceState, PersistError, VsockState};
-use crate::virtio::{read_config_bytes, ActivateError, Interrupt, VirtioDevice, TYPE_VSOCK};
+use crate::virtio::{
+    read_config_bytes, ActivateError, Interrupt, VirtioDevice, QUEUE_BUDGET, TYPE_VSOCK,
+};
 use crate::GuestRam;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::io::{Read, Write};
@@ -76,7 +78,7 @@ impl Vsock {
         let Some(a) = &mut self.active else {
             return;
         };
-        let mut used = false;
+        let mut used = 0;
         while let Some(chain) = a.queues[TX].pop_descriptor_chain(&a.mem) {
             let head = chain.head_index();
             match read_packet(&a.mem, chain, self.cid) {
@@ -87,9 +89,13 @@ impl Vsock {
             if a.queues[TX].add_used(&a.mem, head, 0).is_err() {
                 break; // used ring outside guest memory: the driver broke the queue
             }
-            used = true;
+            used += 1;
+            if used == QUEUE_BUDGET {
+                let _ = self.queue_evts[TX].write(1); // continue on the next wake
+                break;
+            }
         }
-        if used && a.queues[TX].needs_notification(&a.mem).unwrap_or(true) {
+        if used > 0 && a.queues[TX].needs_notification(&a.mem).unwrap_or(true) {
             a.interrupt.signal_used_queue();
         }
     }
@@ -123,9 +129,13 @@ impl Vsock {
         let Some(a) = &mut self.active else {
             return;
         };
-        let mut used = false;
+        let mut used = 0;
         let mut data = Vec::new();
         while self.muxer.has_rx() {
+            if used == QUEUE_BUDGET {
+                let _ = self.queue_evts[RX].write(1); // continue on the next wake
+                break;
+            }
             let Some(chain) = a.queues[RX].pop_descriptor_chain(&a.mem) else {
                 break;
             };
@@ -151,9 +161,9 @@ impl Vsock {
             if a.queues[RX].add_used(&a.mem, head, written).is_err() {
                 break;
             }
-            used = true;
+            used += 1;
         }
-        if used && a.queues[RX].needs_notification(&a.mem).unwrap_or(true) {
+        if used > 0 && a.queues[RX].needs_notification(&a.mem).unwrap_or(true) {
             a.interrupt.signal_used_queue();
         }
     }
@@ -401,5 +411,26 @@ mod tests {
         let mut buf = [0u8; 5];
         s.read_exact(&mut buf).unwrap();
         assert_eq!(&buf, b"hello");
+    }
+
+    #[test]
+    fn a_full_tx_queue_is_served_one_budget_per_wake() {
+        let (mut dev, _p) = device("budget");
+        let mem = GuestRam::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let rx = TestQueue::new(&mem, 0x1_0000, 16);
+        let mut tx = TestQueue::new(&mem, 0x2_0000, 256);
+        let ev = TestQueue::new(&mem, 0x3_0000, 16);
+        let irq = Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap());
+        dev.activate(mem.clone(), vec![rx.queue(), tx.queue(), ev.queue()], irq)
+            .unwrap();
+        // Requests to a port nobody listens on: each one costs the device a parse and a reset.
+        mem.write_slice(&hdr(OP_REQUEST, 0).to_bytes(), GuestAddress(0x5_0000))
+            .unwrap();
+        for _ in 0..256 {
+            tx.add(&mem, &[(0x5_0000, HDR_SIZE as u32, false)]);
+        }
+        dev.process_tx();
+        assert_eq!(tx.used(&mem).len(), QUEUE_BUDGET);
+        assert_eq!(dev.queue_evts[TX].read().unwrap(), 1, "kicked itself");
     }
 }

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-/// Limits how often something may happen (guest LOG calls).
+/// Limits how often something may happen (guest LOG calls, the host log).
 #[derive(Debug)]
 pub struct RateLimit {
     burst: f64,
