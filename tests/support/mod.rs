@@ -2,5 +2,6 @@
 //! vsock.
 
 pub mod netns;
+pub mod proxy;
 pub mod test_vm;
 pub mod vsock;
