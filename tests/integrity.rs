@@ -29,7 +29,11 @@ fn api(args: &[&str], sock: &Path) -> Outcome {
 fn wait_api(sock: &Path) {
     let start = Instant::now();
     while api(&["info"], sock).status != Some(0) {
-        assert!(start.elapsed() < T, "the API at {} never answered", sock.display());
+        assert!(
+            start.elapsed() < T,
+            "the API at {} never answered",
+            sock.display()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -56,7 +60,11 @@ fn workload(dir: &Path, name: &str, mem: &str, cmdline: &str) -> (PathBuf, TestV
 fn assert_continues(vm: &TestVm, after: u64) {
     let start = Instant::now();
     while last_memwrite_pass(&vm.output()) < after + 2 {
-        assert!(start.elapsed() < T, "the workload did not go on: {}", vm.output());
+        assert!(
+            start.elapsed() < T,
+            "the workload did not go on: {}",
+            vm.output()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = vm.output();
@@ -66,7 +74,10 @@ fn assert_continues(vm: &TestVm, after: u64) {
 /// `vm` continues a saved guest: it did not boot it again.
 fn assert_not_rebooted(vm: &TestVm) {
     let out = vm.output();
-    assert!(!out.contains("hello from vCPU"), "the guest booted again: {out}");
+    assert!(
+        !out.contains("hello from vCPU"),
+        "the guest booted again: {out}"
+    );
 }
 
 fn receiver(dir: &Path, name: &str, listen: &str, extra: &[&str]) -> TestVm {
@@ -123,7 +134,13 @@ fn a_snapshot_requested_during_a_migration_is_refused_and_both_stay_correct() {
     let sock2 = sock.clone();
     let mig = std::thread::spawn(move || {
         api(
-            &["migrate", "--to", &format!("tcp:{front}"), "--downtime-ms", "500"],
+            &[
+                "migrate",
+                "--to",
+                &format!("tcp:{front}"),
+                "--downtime-ms",
+                "500",
+            ],
             &sock2,
         )
     });
@@ -131,8 +148,17 @@ fn a_snapshot_requested_during_a_migration_is_refused_and_both_stay_correct() {
     dst.wait_for("migration from", T);
     let snap = dir.join("snap");
     let o = api(&["snapshot", "--path", snap.to_str().unwrap()], &sock);
-    assert_ne!(o.status, Some(0), "a snapshot ran during a migration: {}", o.dump());
-    assert!(o.stderr.contains("a migration of this VM is in progress"), "{}", o.dump());
+    assert_ne!(
+        o.status,
+        Some(0),
+        "a snapshot ran during a migration: {}",
+        o.dump()
+    );
+    assert!(
+        o.stderr.contains("a migration of this VM is in progress"),
+        "{}",
+        o.dump()
+    );
     assert!(!snap.exists());
     let o = api(&["pause"], &sock);
     assert!(o.stderr.contains("a migration"), "{}", o.dump());
@@ -200,7 +226,11 @@ fn refused_restore(snap: &Path, set: &str, needle: &str) {
     let o = plainvm(&["restore", snap.to_str().unwrap(), "--set", set], T);
     assert_eq!(o.status, Some(1), "{}", o.dump());
     assert!(o.stderr.contains(needle), "{}", o.dump());
-    assert!(!o.stdout.contains("memwrite pass="), "the guest ran: {}", o.dump());
+    assert!(
+        !o.stdout.contains("memwrite pass="),
+        "the guest ran: {}",
+        o.dump()
+    );
 }
 
 #[test]
@@ -236,8 +266,17 @@ fn sigterm_ends_a_paused_vm() {
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(vm.pid() as i32, libc::SIGTERM) };
     let status = vm.wait(Duration::from_secs(5));
-    assert_eq!(status, Some(1), "a paused VM ignored SIGTERM: {}", vm.output());
-    assert!(vm.output().contains("stopped by SIGTERM while paused"), "{}", vm.output());
+    assert_eq!(
+        status,
+        Some(1),
+        "a paused VM ignored SIGTERM: {}",
+        vm.output()
+    );
+    assert!(
+        vm.output().contains("stopped by SIGTERM while paused"),
+        "{}",
+        vm.output()
+    );
 }
 
 #[test]
@@ -253,7 +292,12 @@ fn a_log_flood_into_a_closed_stderr_does_not_end_the_vm() {
     drop(child.stderr.take());
     let mut out = String::new();
     use std::io::Read;
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     let status = child.wait().unwrap();
     assert!(out.contains("HC PASS log-flood"), "{out}");
     assert_eq!(status.code(), Some(0), "{status:?}\n{out}");

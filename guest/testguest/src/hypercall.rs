@@ -220,7 +220,10 @@ pub fn selftest(ram: u64) {
         .s(" ns-per-call=")
         .u(ns_per_call)
         .s("\n");
-    r.check("log-flood", ok <= 40 && limited >= 460, ok);
+    // The device allows a burst of 32, then 8 per second: how many got through depends on how
+    // long the flood took (a loaded host runs it slower), never more than that.
+    let secs = (ns_per_call * 500).div_ceil(1_000_000_000);
+    r.check("log-flood", ok >= 32 && ok <= 32 + 8 * secs + 1, ok);
 
     match call(m, nr::HOST_TIME, [0; 4]) {
         Ok([lo, hi, ns, _]) => {
