@@ -119,7 +119,15 @@ fn a_vm_with_devices_restores_twice_with_its_disk_workload_intact() {
     let set = format!(r#"disks=[{{"path":"{}"}}]"#, other.display());
     for (round, image, extra) in [(0, &disk, vec![]), (1, &other, vec!["--set", set.as_str()])] {
         std::fs::copy(&disk_at_snap, image).unwrap();
-        let mut args = vec!["restore", snap.to_str().unwrap()];
+        // The snapshot may use the images here and the vsock socket's directory.
+        let mut args = vec![
+            "restore",
+            snap.to_str().unwrap(),
+            "--allow-dir",
+            dir.to_str().unwrap(),
+            "--allow-dir",
+            vsock_dir.to_str().unwrap(),
+        ];
         args.extend(extra);
         let o = plainvm(&args, T);
         assert_eq!(o.status, Some(0), "round {round}: {}", o.dump());
@@ -158,7 +166,15 @@ fn a_vm_with_devices_restores_twice_with_its_disk_workload_intact() {
 
     // The disk really is read after a restore: a disk that moved on since the snapshot (here
     // left by round 0) is caught by the guest's own check.
-    let o = plainvm(&["restore", snap.to_str().unwrap()], T);
+    let allowed = [
+        "restore",
+        snap.to_str().unwrap(),
+        "--allow-dir",
+        dir.to_str().unwrap(),
+        "--allow-dir",
+        vsock_dir.to_str().unwrap(),
+    ];
+    let o = plainvm(&allowed, T);
     assert!(o.stdout.contains("BLKLOOP-CORRUPT"), "{}", o.dump());
 
     // A configuration whose disk no longer matches the saved device is refused: nothing runs.
@@ -168,7 +184,7 @@ fn a_vm_with_devices_restores_twice_with_its_disk_workload_intact() {
         .unwrap()
         .set_len(2 << 20)
         .unwrap();
-    let o = plainvm(&["restore", snap.to_str().unwrap()], T);
+    let o = plainvm(&allowed, T);
     assert_eq!(o.status, Some(1), "{}", o.dump());
     assert!(o.stderr.contains("give the same image"), "{}", o.dump());
     assert!(!o.stdout.contains("blkloop"), "a VM ran: {}", o.dump());
@@ -204,7 +220,10 @@ fn a_diff_snapshot_holds_the_pages_devices_wrote() {
     std::fs::copy(&disk, &disk_at_snap).unwrap();
     vm.kill();
 
-    let o = plainvm(&["restore", diff.to_str().unwrap()], Duration::from_secs(3));
+    let o = plainvm(
+        &["restore", diff.to_str().unwrap(), "--allow-dir", dir.to_str().unwrap()],
+        Duration::from_secs(3),
+    );
     assert_eq!(o.status, None, "runs until killed: {}", o.dump());
     assert!(
         last_blkloop_pass(&o.stdout) > resumed_at + 250,
@@ -225,7 +244,10 @@ fn a_vm_with_a_disk_migrates_and_its_disk_workload_continues() {
     // Same host, same image: the disk is shared storage for both ends.
     let port = 21000 + (std::process::id() % 4000) as u16;
     let to = format!("tcp:127.0.0.1:{port}");
-    let dst = TestVm::start(&["receive", "--listen", &to], &dir.join("dst.out"));
+    let dst = TestVm::start(
+        &["receive", "--listen", &to, "--allow-dir", dir.to_str().unwrap()],
+        &dir.join("dst.out"),
+    );
     dst.wait_for("waiting for a migration", T);
     let o = plainvm(
         &["migrate", "--api-sock", sock.to_str().unwrap(), "--to", &to],
@@ -317,8 +339,14 @@ fn linux_with_disk_net_and_vsock_keeps_working_after_restores() {
     for round in 0..2 {
         std::fs::copy(&root_at_snap, &root).unwrap();
         let mut r = TestVm::live(
-            ns.command(plainvm_bin())
-                .args(["restore", snap.to_str().unwrap()]),
+            ns.command(plainvm_bin()).args([
+                "restore",
+                snap.to_str().unwrap(),
+                "--allow-dir",
+                dir.to_str().unwrap(),
+                "--allow-tap",
+                TAP,
+            ]),
         );
         // The agent sees GENERATION bumped and resyncs the clock.
         r.wait_line("generation 0 -> 1", SLOW);
@@ -397,7 +425,7 @@ fn linux_keeps_pinging_through_its_tap_across_a_migration() {
         hosts
             .b
             .command(plainvm_bin())
-            .args(["receive", "--listen", &to]),
+            .args(["receive", "--listen", &to, "--allow-tap", TAP]),
     );
     dst.wait_line("plainvm: waiting for a migration", T);
     let o = plainvm(

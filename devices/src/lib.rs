@@ -5,6 +5,7 @@ pub mod hypercall;
 pub mod legacy;
 pub mod log;
 pub mod ratelimit;
+pub mod socket_file;
 pub mod sync;
 pub mod virtio;
 

@@ -3,7 +3,7 @@
 
 use crate::api::client::call;
 use crate::api::types::{MigrateRequest, MigrateResult, OnTimeout, Progress};
-use crate::config::overrides::Overrides;
+use crate::config::admission::Admission;
 use crate::config::VmConfig;
 use crate::migration::receiver::{Incoming, ReceiveError};
 use crate::vm::state::VmState;
@@ -62,6 +62,13 @@ pub struct ReceiveArgs {
     /// another tap name or disks='[...]' for other disk paths here. May be repeated.
     #[arg(long = "set", value_name = "KEY=JSON")]
     pub set: Vec<String>,
+    /// The incoming VM may name disk images and vsock sockets under DIR (repeatable); anything
+    /// else it names must be given with --set.
+    #[arg(long, value_name = "DIR")]
+    pub allow_dir: Vec<PathBuf>,
+    /// The incoming VM may name tap NAME (repeatable; `tap*` allows a prefix).
+    #[arg(long, value_name = "NAME")]
+    pub allow_tap: Vec<String>,
 }
 
 /// `--on-timeout`.
@@ -158,14 +165,15 @@ pub fn run_receive(args: ReceiveArgs) -> Result<i32, String> {
         .as_deref()
         .map(crate::migration::read_key)
         .transpose()?;
-    let overrides = Overrides::parse(&args.set).map_err(|e| e.to_string())?;
+    let admission = Admission::new(&args.set, &args.allow_dir, &args.allow_tap)
+        .map_err(|e| e.to_string())?;
     if let Some(name) = &args.name {
         crate::host::registry::check_free(name).map_err(|e| e.to_string())?;
     }
     let mut incoming = Incoming::accept(listen, key.as_ref()).map_err(failed)?;
     let taken = take(
         &mut incoming,
-        &overrides,
+        &admission,
         args.name.as_deref(),
         args.api_sock.as_deref(),
     );
@@ -198,7 +206,7 @@ fn failed(e: impl std::fmt::Display) -> String {
 /// received and the VM built (not started). Any error here leaves the source running.
 fn take(
     incoming: &mut Incoming,
-    overrides: &Overrides,
+    admission: &Admission,
     name: Option<&str>,
     api_sock: Option<&Path>,
 ) -> Result<(Vm, Option<crate::host::registry::Registration>), String> {
@@ -206,8 +214,8 @@ fn take(
         |e: &dyn std::fmt::Display| ReceiveError::Incompatible(e.to_string()).to_string();
     let hello = incoming.hello().map_err(|e| e.to_string())?;
     crate::vcpu::cpuid::check_cpuid(&hello.cpuid).map_err(|e| incompatible(&e))?;
-    let cfg: VmConfig = overrides
-        .apply(hello.config)
+    let cfg: VmConfig = admission
+        .admit(hello.config)
         .map_err(|e| incompatible(&e))?;
     crate::config::check_memory(cfg.memory_bytes).map_err(|e| incompatible(&e))?;
     // Claimed before the commit: a name taken meanwhile refuses the VM, the source runs on.

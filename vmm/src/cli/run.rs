@@ -2,7 +2,7 @@
 //! registered by name, served on its API socket, run until it stops.
 
 use crate::api;
-use crate::config::overrides::Overrides;
+use crate::config::admission::Admission;
 use crate::config::{FileConfig, VmConfig};
 use crate::host::exit::ExitReason;
 use crate::host::registry::{self, Registration};
@@ -30,6 +30,13 @@ pub struct RestoreArgs {
     /// `--set 'nets=[{"tap":"tap7"}]'`; objects and lists are merged into the saved ones.
     #[arg(long = "set", value_name = "KEY=JSON")]
     pub set: Vec<String>,
+    /// The snapshot may name disk images and vsock sockets under DIR (repeatable); anything
+    /// else it names must be given with --set.
+    #[arg(long, value_name = "DIR")]
+    pub allow_dir: Vec<PathBuf>,
+    /// The snapshot may name tap NAME (repeatable; `tap*` allows a prefix).
+    #[arg(long, value_name = "NAME")]
+    pub allow_tap: Vec<String>,
     /// Print timing on exit.
     #[arg(long, short)]
     pub verbose: bool,
@@ -160,8 +167,8 @@ pub fn run(args: RunArgs, start: Instant) -> Result<i32, String> {
 pub fn restore(args: RestoreArgs, start: Instant) -> Result<i32, String> {
     let bytes = crate::snapshot::load_state(&args.dir).map_err(|e| e.to_string())?;
     let state = VmState::decode(&bytes).map_err(|e| e.to_string())?;
-    let cfg = Overrides::parse(&args.set)
-        .and_then(|o| o.apply(state.config.clone()))
+    let cfg = Admission::new(&args.set, &args.allow_dir, &args.allow_tap)
+        .and_then(|a| a.admit(state.config.clone()))
         .map_err(|e| e.to_string())?;
     cfg.check()
         .map_err(|e| format!("the snapshot's configuration cannot be used here: {e}"))?;

@@ -1,5 +1,6 @@
 //! The VM configuration: what the JSON file and the command-line flags say, validated once.
 
+pub mod admission;
 pub mod balloon;
 pub mod cpu_list;
 pub mod disk;

@@ -48,6 +48,23 @@ impl Overrides {
         Ok(Self(out))
     }
 
+    /// True when a `--set` gives `field` of `key` (of its `index`-th element for a list): the
+    /// value is the operator's, not the saved configuration's.
+    pub fn sets(&self, key: &str, index: Option<usize>, field: &str) -> bool {
+        self.0.iter().filter(|(k, _)| k == key).any(|(_, v)| {
+            let v = match index {
+                Some(i) => v.get(i),
+                None => Some(v),
+            };
+            v.is_some_and(|v| v.get(field).is_some())
+        })
+    }
+
+    /// True when a `--set` gives `key` at all.
+    pub fn sets_key(&self, key: &str) -> bool {
+        self.0.iter().any(|(k, _)| k == key)
+    }
+
     /// `cfg` with the changes merged in: objects key by key, lists of the same length element
     /// by element (so `nets=[{"tap":"tap7"}]` changes the tap and keeps the MAC), anything else
     /// replaced.

@@ -35,6 +35,8 @@ pub enum RegistryError {
     },
     #[error("the API socket path {0} is too long for a unix socket (at most 107 bytes): use a shorter name or PLAINVM_RUNTIME_DIR")]
     SocketPathTooLong(PathBuf),
+    #[error("the runtime directory {path} {why}: another user could tamper with the VMs' sockets; remove it, or set PLAINVM_RUNTIME_DIR to a directory of your own")]
+    NotPrivate { path: PathBuf, why: String },
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RegistryError + 'a {
@@ -72,6 +74,45 @@ pub fn runtime_dir() -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
         Some(d) => PathBuf::from(d).join("plainvm"),
         None => PathBuf::from(format!("/tmp/plainvm-{uid}")),
+    }
+}
+
+/// A directory builder for mode 0700.
+fn private_dir() -> std::fs::DirBuilder {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut b = std::fs::DirBuilder::new();
+    b.mode(0o700);
+    b
+}
+
+/// Create the runtime directory (0700) if needed, and check that it is this user's own: a real
+/// directory, owned by us, writable by nobody else.
+pub fn ensure_private_dir(root: &Path) -> Result<(), RegistryError> {
+    use std::os::unix::fs::MetadataExt;
+    if !root.exists() {
+        private_dir()
+            .recursive(true)
+            .create(root)
+            .map_err(io("create the runtime directory", root))?;
+    }
+    let m = std::fs::symlink_metadata(root).map_err(io("inspect", root))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let why = if !m.file_type().is_dir() {
+        Some("is not a directory (a symlink?)".to_string())
+    } else if m.uid() != me {
+        Some(format!("belongs to uid {}, not to this user (uid {me})", m.uid()))
+    } else if m.mode() & 0o022 != 0 {
+        Some(format!("is writable by others (mode {:o})", m.mode() & 0o777))
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(RegistryError::NotPrivate {
+            path: root.to_path_buf(),
+            why,
+        }),
+        None => Ok(()),
     }
 }
 
@@ -251,12 +292,12 @@ impl Registration {
     ) -> Result<Self, RegistryError> {
         check_name(name)?;
         let root = runtime_dir();
-        std::fs::create_dir_all(&root).map_err(io("create the runtime directory", &root))?;
+        ensure_private_dir(&root)?;
         let dir = root.join(name);
         // mkdir is the atomic claim: two processes racing for one name cannot both win.
         let mut tries = 0;
         loop {
-            match std::fs::create_dir(&dir) {
+            match private_dir().create(&dir) {
                 Ok(()) => break,
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 3 => {
                     tries += 1;
@@ -312,7 +353,19 @@ impl Registration {
         // Written to a temporary name and renamed: readers never see half an entry.
         let tmp = dir.join(".vm.json.tmp");
         let text = serde_json::to_string_pretty(&reg.entry).unwrap_or_default();
-        std::fs::write(&tmp, text).map_err(io("write", &tmp))?;
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)
+                .and_then(|mut f| f.write_all(text.as_bytes()))
+                .map_err(io("write", &tmp))?;
+        }
         let file = dir.join(ENTRY_FILE);
         std::fs::rename(&tmp, &file).map_err(io("write", &file))?;
         Ok(reg)
@@ -395,5 +448,31 @@ mod tests {
             "a fresh directory without an entry was removed"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_runtime_directory_of_someone_else_or_open_to_all_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = std::env::temp_dir().join(format!("plainvm-rt-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        ensure_private_dir(&d).unwrap();
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = ensure_private_dir(&d).unwrap_err().to_string();
+        assert!(e.contains("writable by others"), "{e}");
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let other = d.join("other");
+        std::fs::create_dir(&other).unwrap();
+        // SAFETY: chown on a path we own, to another uid (we run as root in the test suite).
+        let c = std::ffi::CString::new(other.to_str().unwrap()).unwrap();
+        if unsafe { libc::chown(c.as_ptr(), 4242, 4242) } == 0 {
+            let e = ensure_private_dir(&other).unwrap_err().to_string();
+            assert!(e.contains("belongs to uid 4242"), "{e}");
+        }
+        let link = d.join("link");
+        std::os::unix::fs::symlink(&d, &link).unwrap();
+        assert!(ensure_private_dir(&link).is_err(), "a symlink was accepted");
+        let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 /// First bytes of every migration stream.
 pub const MAGIC: [u8; 8] = *b"PLVMMIG\0";
 /// Protocol version; a receiver refuses any other.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// Largest frame payload on the wire.
 pub const MAX_PAYLOAD: usize = 17 << 20;
 const TAG: usize = 16;
@@ -65,19 +65,29 @@ pub enum FrameError {
     Unexpected { got: Kind, want: &'static str },
 }
 
-/// Which end a frame comes from (part of the nonce, so the two directions never share one).
+/// Which end a frame comes from.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     Source = 1,
     Destination = 2,
 }
 
+/// Length of each side's fresh random nonce in the preamble.
+pub const NONCE_LEN: usize = 32;
+/// The fixed part of the source's preamble: magic, version, flags (bit 0: keyed).
+const SOURCE_FIXED: usize = 16;
+/// The fixed part of the destination's answer: magic, version, status.
+const DEST_FIXED: usize = 13;
+
 /// A framed connection.
 pub struct Channel {
-    r: BufReader<TcpStream>,
-    w: BufWriter<TcpStream>,
-    cipher: Option<ChaCha20Poly1305>,
-    me: Role,
+    r: BufReader<Box<dyn Read + Send>>,
+    w: BufWriter<Box<dyn Write + Send>>,
+    /// The TCP connection (for timeouts), when there is one.
+    stream: Option<TcpStream>,
+    /// Keys of this session (derived from the shared key and both sides' nonces).
+    send_cipher: Option<ChaCha20Poly1305>,
+    recv_cipher: Option<ChaCha20Poly1305>,
     sent: u64,
     received: u64,
     buf: Vec<u8>,
@@ -85,52 +95,132 @@ pub struct Channel {
     pub bytes_sent: u64,
 }
 
+/// Fresh random bytes from the kernel.
+fn random_nonce() -> std::io::Result<[u8; NONCE_LEN]> {
+    let mut n = [0u8; NONCE_LEN];
+    let mut off = 0;
+    while off < n.len() {
+        // SAFETY: getrandom writes at most `n.len() - off` bytes into `n` past `off`.
+        let r = unsafe { libc::getrandom(n[off..].as_mut_ptr().cast(), n.len() - off, 0) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        } else {
+            off += r as usize;
+        }
+    }
+    Ok(n)
+}
+
+/// The session's two keys: HKDF-SHA256 over the shared key, salted with both preambles (their
+/// nonces, versions and flags), one key per direction. A recorded session replayed to another
+/// receiver meets a new destination nonce, so nothing of it decrypts; a changed preamble makes
+/// the first frame fail authentication.
+fn session_keys(psk: &[u8; 32], transcript: &[u8]) -> ([u8; 32], [u8; 32]) {
+    let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(transcript), psk);
+    let (mut sd, mut ds) = ([0u8; 32], [0u8; 32]);
+    // Expanding 32 bytes from SHA-256 cannot fail (the limit is 255 * 32).
+    let _ = hk.expand(b"plainvm migration v4: source to destination", &mut sd);
+    let _ = hk.expand(b"plainvm migration v4: destination to source", &mut ds);
+    (sd, ds)
+}
+
 impl Channel {
-    fn new(stream: TcpStream, key: Option<&[u8; 32]>, me: Role) -> std::io::Result<Self> {
-        stream.set_nodelay(true)?;
-        Ok(Self {
-            r: BufReader::with_capacity(1 << 20, stream.try_clone()?),
-            w: BufWriter::with_capacity(1 << 20, stream),
-            cipher: key.map(|k| ChaCha20Poly1305::new(k.into())),
-            me,
+    /// A channel over any reader and writer (tests and fuzzing use in-memory ones).
+    pub fn over(
+        r: Box<dyn Read + Send>,
+        w: Box<dyn Write + Send>,
+        stream: Option<TcpStream>,
+    ) -> Self {
+        Self {
+            r: BufReader::with_capacity(1 << 20, r),
+            w: BufWriter::with_capacity(1 << 20, w),
+            stream,
+            send_cipher: None,
+            recv_cipher: None,
             sent: 0,
             received: 0,
             buf: Vec::new(),
             bytes_sent: 0,
-        })
+        }
+    }
+
+    fn tcp(stream: TcpStream) -> std::io::Result<Self> {
+        stream.set_nodelay(true)?;
+        let r = stream.try_clone()?;
+        let w = stream.try_clone()?;
+        Ok(Self::over(Box::new(r), Box::new(w), Some(stream)))
+    }
+
+    fn use_keys(&mut self, psk: Option<&[u8; 32]>, transcript: &[u8], me: Role) {
+        if let Some(psk) = psk {
+            let (sd, ds) = session_keys(psk, transcript);
+            let (send, recv) = match me {
+                Role::Source => (sd, ds),
+                Role::Destination => (ds, sd),
+            };
+            self.send_cipher = Some(ChaCha20Poly1305::new(&send.into()));
+            self.recv_cipher = Some(ChaCha20Poly1305::new(&recv.into()));
+        }
     }
 
     /// The source's side: send the preamble and check the destination's answer.
     pub fn connect(stream: TcpStream, key: Option<&[u8; 32]>) -> Result<Self, FrameError> {
-        let mut c = Self::new(stream, key, Role::Source)?;
-        c.w.write_all(&MAGIC)?;
-        c.w.write_all(&VERSION.to_le_bytes())?;
-        c.w.write_all(&u32::from(key.is_some()).to_le_bytes())?;
-        c.w.flush()?;
-        let mut ans = [0u8; 12];
-        c.r.read_exact(&mut ans)?;
+        // A destination that never answers must not hold the VM for good.
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut c = Self::tcp(stream)?;
+        c.handshake_source(key)?;
+        Ok(c)
+    }
+
+    /// The source's half of the preamble.
+    pub fn handshake_source(&mut self, key: Option<&[u8; 32]>) -> Result<(), FrameError> {
+        let mut mine = Vec::with_capacity(SOURCE_FIXED + NONCE_LEN);
+        mine.extend_from_slice(&MAGIC);
+        mine.extend_from_slice(&VERSION.to_le_bytes());
+        mine.extend_from_slice(&u32::from(key.is_some()).to_le_bytes());
+        mine.extend_from_slice(&random_nonce()?);
+        self.w.write_all(&mine)?;
+        self.w.flush()?;
+        let mut ans = [0u8; DEST_FIXED];
+        self.r.read_exact(&mut ans)?;
         if ans[..8] != MAGIC {
             return Err(FrameError::Magic);
         }
         let theirs = u32::from_le_bytes(ans[8..12].try_into().unwrap_or_default());
-        let mut status = [0u8; 1];
-        c.r.read_exact(&mut status)?;
-        match status[0] {
-            0 => Ok(c),
-            1 => Err(FrameError::Version {
-                ours: VERSION,
-                theirs,
-            }),
-            _ => Err(FrameError::KeyMismatch),
+        match ans[12] {
+            0 => {}
+            1 => {
+                return Err(FrameError::Version {
+                    ours: VERSION,
+                    theirs,
+                })
+            }
+            _ => return Err(FrameError::KeyMismatch),
         }
+        let mut nonce = [0u8; NONCE_LEN];
+        self.r.read_exact(&mut nonce)?;
+        let mut transcript = mine;
+        transcript.extend_from_slice(&ans);
+        transcript.extend_from_slice(&nonce);
+        self.use_keys(key, &transcript, Role::Source);
+        Ok(())
     }
 
     /// The destination's side: check the source's preamble and answer it.
     pub fn accept(stream: TcpStream, key: Option<&[u8; 32]>) -> Result<Self, FrameError> {
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let mut c = Self::new(stream, key, Role::Destination)?;
-        let mut pre = [0u8; 16];
-        c.r.read_exact(&mut pre)?;
+        let mut c = Self::tcp(stream)?;
+        c.handshake_destination(key)?;
+        Ok(c)
+    }
+
+    /// The destination's half of the preamble.
+    pub fn handshake_destination(&mut self, key: Option<&[u8; 32]>) -> Result<(), FrameError> {
+        let mut pre = [0u8; SOURCE_FIXED];
+        self.r.read_exact(&mut pre)?;
         if pre[..8] != MAGIC {
             return Err(FrameError::Magic);
         }
@@ -143,28 +233,47 @@ impl Channel {
         } else {
             0
         };
-        c.w.write_all(&MAGIC)?;
-        c.w.write_all(&VERSION.to_le_bytes())?;
-        c.w.write_all(&[status])?;
-        c.w.flush()?;
-        match status {
-            0 => Ok(c),
-            1 => Err(FrameError::Version {
-                ours: VERSION,
-                theirs,
-            }),
-            _ => Err(FrameError::KeyMismatch),
+        let mut ans = Vec::with_capacity(DEST_FIXED + NONCE_LEN);
+        ans.extend_from_slice(&MAGIC);
+        ans.extend_from_slice(&VERSION.to_le_bytes());
+        ans.push(status);
+        if status != 0 {
+            // An older or newer peer's preamble may be shorter: answer at once.
+            self.w.write_all(&ans)?;
+            self.w.flush()?;
+            return Err(match status {
+                1 => FrameError::Version {
+                    ours: VERSION,
+                    theirs,
+                },
+                _ => FrameError::KeyMismatch,
+            });
         }
+        let mut their_nonce = [0u8; NONCE_LEN];
+        self.r.read_exact(&mut their_nonce)?;
+        let mine = random_nonce()?;
+        self.w.write_all(&ans)?;
+        self.w.write_all(&mine)?;
+        self.w.flush()?;
+        let mut transcript = pre.to_vec();
+        transcript.extend_from_slice(&their_nonce);
+        transcript.extend_from_slice(&ans);
+        transcript.extend_from_slice(&mine);
+        self.use_keys(key, &transcript, Role::Destination);
+        Ok(())
     }
 
     /// Change how long a receive may wait (None: forever).
     pub fn set_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
-        self.r.get_ref().set_read_timeout(t)
+        match &self.stream {
+            Some(s) => s.set_read_timeout(t),
+            None => Ok(()),
+        }
     }
 
-    fn nonce(role: Role, counter: u64) -> Nonce {
+    /// The AEAD nonce of frame `counter` (each direction has its own key).
+    fn nonce(counter: u64) -> Nonce {
         let mut n = [0u8; 12];
-        n[0] = role as u8;
         n[4..].copy_from_slice(&counter.to_le_bytes());
         n.into()
     }
@@ -176,12 +285,12 @@ impl Channel {
         for p in parts {
             self.buf.extend_from_slice(p);
         }
-        let wire_len = self.buf.len() + if self.cipher.is_some() { TAG } else { 0 };
+        let wire_len = self.buf.len() + if self.send_cipher.is_some() { TAG } else { 0 };
         let mut header = [0u8; 12];
         header[0] = kind as u8;
         header[4..8].copy_from_slice(&(wire_len as u32).to_le_bytes());
-        if let Some(cipher) = &self.cipher {
-            let nonce = Self::nonce(self.me, self.sent);
+        if let Some(cipher) = &self.send_cipher {
+            let nonce = Self::nonce(self.sent);
             cipher
                 .encrypt_in_place(&nonce, &header[..8], &mut self.buf)
                 .map_err(|_| FrameError::Auth)?;
@@ -223,12 +332,8 @@ impl Channel {
         if crc32fast::hash(&payload) != crc {
             return Err(FrameError::Corrupt("frame checksum mismatch".into()));
         }
-        let peer = match self.me {
-            Role::Source => Role::Destination,
-            Role::Destination => Role::Source,
-        };
-        if let Some(cipher) = &self.cipher {
-            let nonce = Self::nonce(peer, self.received);
+        if let Some(cipher) = &self.recv_cipher {
+            let nonce = Self::nonce(self.received);
             cipher
                 .decrypt_in_place(&nonce, &header[..8], &mut payload)
                 .map_err(|_| FrameError::Auth)?;

@@ -62,12 +62,17 @@ impl MemoryImage {
         if !off.is_multiple_of(PAGE as u64) {
             return None;
         }
+        // Offsets come from the stream: every sum is checked (a wrapping offset must not land
+        // just below guest RAM).
+        let end = off.checked_add(PAGE as u64)?;
         let mut base = 0u64;
         for &(host, len) in &self.regions {
-            if off >= base && off + PAGE as u64 <= base + len as u64 {
-                return Some((host + (off - base) as usize) as *mut u8);
+            let region_end = base.checked_add(len as u64)?;
+            if off >= base && end <= region_end {
+                let at = usize::try_from(off - base).ok()?;
+                return Some(host.checked_add(at)? as *mut u8);
             }
-            base += len as u64;
+            base = region_end;
         }
         None
     }
@@ -215,6 +220,13 @@ mod tests {
         assert!(img.apply_pages(&p).is_err(), "unaligned offset");
         let p = batch_header(&[0x1000]);
         assert!(img.apply_pages(&p).is_err(), "missing data");
+        // An offset that wraps around: past the end of memory, not just below it.
+        for off in [0xffff_ffff_ffff_f000, u64::MAX - 4095 + 1, u64::MAX] {
+            let mut p = batch_header(&[off]);
+            p.extend_from_slice(&[7u8; PAGE]);
+            assert!(img.apply_pages(&p).is_err(), "{off:#x}");
+            assert!(img.apply_zeros(&batch_header(&[off])).is_err(), "{off:#x}");
+        }
         let mut p = batch_header(&[0x1000]);
         p[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(img.apply_zeros(&p).is_err(), "absurd count");

@@ -39,7 +39,7 @@ pub fn write(path: &Path, mem: &GuestRam, file_backed: bool) -> Result<u64, Memo
             source,
         }
     };
-    let f = std::fs::File::create(path).map_err(io("create"))?;
+    let f = super::files::create_private(path).map_err(io("create"))?;
     let total: u64 = mem.iter().map(|r| r.len()).sum();
     f.set_len(total).map_err(io("size"))?;
     let mut offset = 0u64;
@@ -103,7 +103,7 @@ pub fn write_pages(
         let path = p.to_path_buf();
         move |source| MemoryFileError::Io { what, path, source }
     };
-    let f = std::fs::File::create(path).map_err(io("create", path))?;
+    let f = super::files::create_private(path).map_err(io("create", path))?;
     let total: u64 = mem.iter().map(|r| r.len()).sum();
     f.set_len(total).map_err(io("size", path))?;
     let mut offset = 0u64;
@@ -132,7 +132,12 @@ pub fn write_pages(
         }
         offset += len as u64;
     }
-    std::fs::write(pages, &all_bits).map_err(io("write", pages))?;
+    {
+        use std::io::Write;
+        super::files::create_private(pages)
+            .and_then(|mut p| p.write_all(&all_bits))
+            .map_err(io("write", pages))?;
+    }
     f.sync_all().map_err(io("sync", path))?;
     Ok(written)
 }
@@ -143,14 +148,15 @@ pub fn overlay(path: &Path, pages: &Path, mem: &GuestRam) -> Result<(), MemoryFi
         let path = p.to_path_buf();
         move |source| MemoryFileError::Io { what, path, source }
     };
-    let bits = std::fs::read(pages).map_err(io("read", pages))?;
-    let f = std::fs::File::open(path).map_err(io("open", path))?;
-    let want: u64 = mem.iter().map(|r| r.len()).sum();
-    let found = f.metadata().map_err(io("stat", path))?.len();
     let words: usize = mem
         .iter()
         .map(|r| (r.len() as usize / PAGE).div_ceil(64))
         .sum();
+    // The page bitmap is exactly one bit per page: read no more than that.
+    let bits = super::files::read_capped(pages, words as u64 * 8).map_err(io("read", pages))?;
+    let f = super::files::open_regular(path).map_err(io("open", path))?;
+    let want: u64 = mem.iter().map(|r| r.len()).sum();
+    let found = f.metadata().map_err(io("stat", path))?.len();
     if found != want || bits.len() != words * 8 {
         return Err(MemoryFileError::Size {
             path: path.to_path_buf(),
@@ -222,7 +228,7 @@ pub fn load(path: &Path, mem: &GuestRam, copy: bool) -> Result<(), MemoryFileErr
             source,
         }
     };
-    let file = std::fs::File::open(path).map_err(io("open"))?;
+    let file = super::files::open_regular(path).map_err(io("open"))?;
     let found = file.metadata().map_err(io("stat"))?.len();
     let want: u64 = mem.iter().map(|r| r.len()).sum();
     if found != want {

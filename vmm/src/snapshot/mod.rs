@@ -1,6 +1,7 @@
 //! Snapshots on disk: a directory with a checksummed state file and a sparse memory file. The
 //! state is opaque bytes here (`vm::state` encodes it).
 
+pub mod files;
 pub mod memory_file;
 pub mod state_file;
 
@@ -72,7 +73,7 @@ pub fn create(
         let path = path.to_path_buf();
         move |source| SnapshotError::Io { what, path, source }
     };
-    std::fs::create_dir_all(&tmp).map_err(io("create", &tmp))?;
+    files::create_private_dir(&tmp).map_err(io("create", &tmp))?;
     let result = (|| {
         let written = match content {
             MemoryContent::Full { file_backed } => {
@@ -80,7 +81,10 @@ pub fn create(
             }
             MemoryContent::Diff { dirty, parent } => {
                 let p = tmp.join(PARENT_FILE);
-                std::fs::write(&p, parent.as_os_str().as_encoded_bytes())
+                files::create_private(&p)
+                    .and_then(|mut f| {
+                        std::io::Write::write_all(&mut f, parent.as_os_str().as_encoded_bytes())
+                    })
                     .map_err(io("write", &p))?;
                 memory_file::write_pages(&tmp.join(MEMORY_FILE), &tmp.join(PAGES_FILE), mem, dirty)?
             }
@@ -101,31 +105,62 @@ pub fn create(
 /// over it copy-on-write, so pages load lazily when the guest touches them (with `copy`, it is
 /// read in up front instead); diff snapshots are applied on top of their parents.
 pub fn load_memory(dir: &Path, mem: &GuestRam, copy: bool) -> Result<(), SnapshotError> {
-    let parent_file = dir.join(PARENT_FILE);
-    match std::fs::read(&parent_file) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Ok(memory_file::load(&dir.join(MEMORY_FILE), mem, copy)?)
-        }
-        Err(source) => Err(SnapshotError::Io {
-            what: "read",
-            path: parent_file,
-            source,
-        }),
-        Ok(bytes) => {
-            let parent = PathBuf::from(String::from_utf8_lossy(&bytes).into_owned());
-            if parent == dir {
+    let chain = parent_chain(dir)?;
+    let (base, diffs) = chain.split_last().unwrap_or((&chain[0], &[]));
+    memory_file::load(&base.join(MEMORY_FILE), mem, copy)?;
+    for d in diffs.iter().rev() {
+        memory_file::overlay(&d.join(MEMORY_FILE), &d.join(PAGES_FILE), mem)?;
+    }
+    Ok(())
+}
+
+/// `dir` and its parents, newest first, ending with a full snapshot. The chain is bounded and
+/// may not loop back on itself; each parent is named by an absolute path.
+fn parent_chain(dir: &Path) -> Result<Vec<PathBuf>, SnapshotError> {
+    let bad = |path: &Path, why: String| SnapshotError::Io {
+        what: "follow the parent of",
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, why),
+    };
+    let mut chain = vec![dir.to_path_buf()];
+    let mut seen = vec![std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())];
+    loop {
+        let at = chain.last().cloned().unwrap_or_default();
+        let parent_file = at.join(PARENT_FILE);
+        let bytes = match files::read_capped(&parent_file, MAX_PARENT_PATH) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(chain),
+            Err(source) => {
                 return Err(SnapshotError::Io {
-                    what: "follow the parent of",
-                    path: dir.to_path_buf(),
-                    source: std::io::Error::other("a diff snapshot names itself as its parent"),
-                });
+                    what: "read",
+                    path: parent_file,
+                    source,
+                })
             }
-            load_memory(&parent, mem, copy)?;
-            memory_file::overlay(&dir.join(MEMORY_FILE), &dir.join(PAGES_FILE), mem)?;
-            Ok(())
+            Ok(b) => b,
+        };
+        let parent = PathBuf::from(String::from_utf8_lossy(&bytes).into_owned());
+        if !parent.is_absolute() {
+            return Err(bad(&at, format!("the parent {} is not an absolute path", parent.display())));
         }
+        let canonical = std::fs::canonicalize(&parent).unwrap_or_else(|_| parent.clone());
+        if seen.contains(&canonical) {
+            return Err(bad(&at, "the chain of diff snapshots loops back on itself".into()));
+        }
+        if chain.len() > MAX_CHAIN {
+            return Err(bad(
+                dir,
+                format!("more than {MAX_CHAIN} diff snapshots in a chain: take a full snapshot"),
+            ));
+        }
+        seen.push(canonical);
+        chain.push(parent);
     }
 }
+
+/// Most diff snapshots on top of one full snapshot.
+pub const MAX_CHAIN: usize = 64;
+/// Longest `parent` file.
+const MAX_PARENT_PATH: u64 = 4096;
 
 /// Read and check a snapshot's state file; returns the encoded state.
 pub fn load_state(dir: &Path) -> Result<Vec<u8>, SnapshotError> {

@@ -75,7 +75,7 @@ pub fn write(path: &Path, payload: &[u8]) -> Result<(), StateFileError> {
         }
     };
     let bytes = encode(payload);
-    let mut f = std::fs::File::create(path).map_err(io("create"))?;
+    let mut f = super::files::create_private(path).map_err(io("create"))?;
     f.write_all(&bytes).map_err(io("write"))?;
     f.sync_all().map_err(io("sync"))
 }
@@ -89,10 +89,8 @@ pub fn read(path: &Path) -> Result<Vec<u8>, StateFileError> {
             source,
         }
     };
-    let len = std::fs::metadata(path).map_err(io("open"))?.len();
-    if len > MAX_LEN + 28 {
-        return Err(StateFileError::Corrupt(path.to_path_buf()));
-    }
-    let bytes = std::fs::read(path).map_err(io("read"))?;
+    // A regular file of at most the largest state: a symlink to /dev/zero or a FIFO is refused
+    // at once.
+    let bytes = super::files::read_capped(path, MAX_LEN + 28).map_err(io("read"))?;
     decode(&bytes, path).map(<[u8]>::to_vec)
 }

@@ -68,12 +68,8 @@ impl Muxer {
             path: path.to_path_buf(),
             source,
         };
-        // A socket file nobody answers on is left over from a VM that died (or was restored
-        // from): take its place. One a live VM answers on stays refused.
-        if path.exists() && std::os::unix::net::UnixStream::connect(path).is_err() {
-            let _ = std::fs::remove_file(path);
-        }
-        let listener = UnixListener::bind(path).map_err(listen_err)?;
+        // A stale socket is replaced; a live one, or a file that is not a socket, is refused.
+        let listener = crate::socket_file::bind_private(path).map_err(listen_err)?;
         listener.set_nonblocking(true).map_err(listen_err)?;
         let epoll = Epoll::new().map_err(MuxerError::Epoll)?;
         let fd = listener.as_raw_fd();
