@@ -57,9 +57,16 @@ pub fn request<B: Serialize>(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    s.write_all(req.as_bytes()).map_err(ClientError::Io)?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).map_err(ClientError::Io)?;
+    // A server that refuses a connection (503) answers and closes it without reading the
+    // request: the write, or the read after the answer, may fail with the answer there to read.
+    let written = s.write_all(req.as_bytes());
+    let mut raw = Vec::new();
+    let read = s.read_to_end(&mut raw);
+    if !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+        written.map_err(ClientError::Io)?;
+        read.map_err(ClientError::Io)?;
+    }
+    let resp = String::from_utf8_lossy(&raw).into_owned();
     let (head, rest) = resp
         .split_once("\r\n\r\n")
         .ok_or_else(|| ClientError::BadResponse(resp.clone()))?;

@@ -1,80 +1,76 @@
-//! The API server: one thread answering HTTP requests on the VM's unix socket.
+//! The API server: an `api` thread accepts connections on the VM's unix socket and serves each
+//! on its own `api-request` thread (a snapshot or migration takes minutes, and `GET /vm` or
+//! `GET /migrate` must be answered meanwhile), within the limits of [`super::limits`].
 
-use super::routes::{route, Reply};
+use super::conn::{self, refused_reply};
+use super::http::response_bytes;
+use super::limits::{Limits, LINGER_BYTES, LINGER_TIME, MAX_CONNECTIONS, REQUEST_TIME};
+use super::routes::route;
+use super::slots::{Admit, Slots};
+use super::socket::{listen, SocketError};
 use crate::vm::Vm;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::sync::Arc;
-use tiny_http::{Header, Request, Response, Server};
+use std::time::Duration;
 
 /// Errors starting the API server.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiServerError {
-    #[error("API socket {0} is in use by a running VM: pick another --api-sock")]
-    InUse(PathBuf),
-    #[error("cannot listen on API socket {path}: {detail}")]
-    Listen { path: PathBuf, detail: String },
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    #[error("cannot start the API thread: {0} (the host is out of threads or memory)")]
+    Thread(std::io::Error),
 }
-
-/// Largest request body accepted.
-const MAX_BODY: u64 = 64 << 10;
 
 /// Listen on `path` and serve requests on a new thread for the life of the process.
 pub fn start(path: &Path, vm: Arc<Vm>) -> Result<(), ApiServerError> {
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(ApiServerError::InUse(path.to_path_buf()));
-    }
-    let _ = std::fs::remove_file(path); // a stale socket of a dead VM
-    if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let server = Server::http_unix(path).map_err(|e| ApiServerError::Listen {
-        path: path.to_path_buf(),
-        detail: e.to_string(),
-    })?;
+    let listener = listen(path)?;
+    let slots = Slots::new(MAX_CONNECTIONS);
     std::thread::Builder::new()
         .name("api".into())
         .spawn(move || {
-            for req in server.incoming_requests() {
-                // One thread per request: a long one (snapshot, migration) must not block
-                // `GET /vm` or the migration's progress.
-                let vm = vm.clone();
-                let _ = std::thread::Builder::new()
-                    .name("api-request".into())
-                    .spawn(move || handle(req, &vm));
+            for conn in listener.incoming() {
+                match conn {
+                    Ok(stream) => accept(stream, &slots, &vm),
+                    // Out of descriptors or memory: wait instead of spinning.
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
             }
         })
-        .map_err(|e| ApiServerError::Listen {
-            path: path.to_path_buf(),
-            detail: e.to_string(),
-        })?;
+        .map_err(ApiServerError::Thread)?;
     Ok(())
 }
 
-fn handle(mut req: Request, vm: &Vm) {
-    let reply = match read_body(&mut req) {
-        Err(r) => r,
-        Ok(body) => route(req.method().as_str(), req.url(), &body, vm),
+/// Serve `stream` on a thread of its own, or refuse it when every slot is busy answering.
+fn accept(stream: UnixStream, slots: &Arc<Slots>, vm: &Arc<Vm>) {
+    let slot = match slots.admit(&stream) {
+        Admit::Serve(slot) => slot,
+        Admit::Refuse => return refuse(stream),
     };
-    let mut resp = Response::from_string(reply.body).with_status_code(reply.status);
-    if let Ok(h) = Header::from_bytes("Content-Type", "application/json") {
-        resp = resp.with_header(h);
-    }
-    let _ = req.respond(resp);
-    // A request whose success ends this VM here (a migration) ends it after the answer is out.
-    if let Some(reason) = vm.take_pending_exit() {
-        vm.end(reason);
-    }
+    let vm = vm.clone();
+    // A thread that cannot start drops the connection (and frees its slot).
+    let _ = std::thread::Builder::new()
+        .name("api-request".into())
+        .spawn(move || {
+            conn::answer(&stream, &slot, REQUEST_TIME, &Limits::API, |r| {
+                route(&r.method, &r.path, &r.body, &vm)
+            });
+            // A request whose success ends this VM here (a migration) ends it after the answer
+            // is out.
+            if let Some(reason) = vm.take_pending_exit() {
+                vm.end(reason);
+            }
+            conn::linger(&stream, LINGER_TIME, LINGER_BYTES);
+        });
 }
 
-fn read_body(req: &mut Request) -> Result<Vec<u8>, Reply> {
-    let mut body = Vec::new();
-    req.as_reader()
-        .take(MAX_BODY + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| Reply::error(400, format!("cannot read the request body: {e}")))?;
-    if body.len() as u64 > MAX_BODY {
-        return Err(Reply::error(413, "request body too large"));
+/// Answer 503 without reading the request, without ever blocking the accepting thread.
+fn refuse(stream: UnixStream) {
+    let reply = refused_reply();
+    if stream.set_nonblocking(true).is_ok() {
+        let mut s = &stream;
+        let _ = s.write(&response_bytes(reply.status, &reply.body));
     }
-    Ok(body)
 }
