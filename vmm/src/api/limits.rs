@@ -41,8 +41,6 @@ pub const LINGER_TIME: Duration = Duration::from_secs(1);
 /// See [`LINGER_TIME`].
 pub const LINGER_BYTES: usize = 2 << 20;
 
-/// Pending connections the kernel queues before the server accepts them.
-pub const BACKLOG: i32 = 128;
 
 /// The limits the request parser enforces (the server uses [`Limits::API`]; tests use smaller
 /// ones).

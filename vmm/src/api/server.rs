@@ -7,7 +7,7 @@ use super::http::response_bytes;
 use super::limits::{Limits, LINGER_BYTES, LINGER_TIME, MAX_CONNECTIONS, REQUEST_TIME};
 use super::routes::route;
 use super::slots::{Admit, Slots};
-use super::socket::{listen, SocketError};
+use plainvm_devices::socket_file::{listen, SocketError};
 use crate::vm::Vm;
 use std::io::Write;
 use std::os::unix::net::UnixStream;

@@ -464,9 +464,10 @@ mod tests {
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
         let other = d.join("other");
         std::fs::create_dir(&other).unwrap();
-        // SAFETY: chown on a path we own, to another uid (we run as root in the test suite).
         let c = std::ffi::CString::new(other.to_str().unwrap()).unwrap();
-        if unsafe { libc::chown(c.as_ptr(), 4242, 4242) } == 0 {
+        // SAFETY: chown reads a NUL-terminated path we own (it works as root, the suite's user).
+        let chowned = unsafe { libc::chown(c.as_ptr(), 4242, 4242) } == 0;
+        if chowned {
             let e = ensure_private_dir(&other).unwrap_err().to_string();
             assert!(e.contains("belongs to uid 4242"), "{e}");
         }
