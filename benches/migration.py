@@ -76,7 +76,7 @@ def plainvm_once(tmp, tg, mib, cmdline, downtime):
     global PORT
     PORT += 1
     sock, out, dout = (os.path.join(tmp, n) for n in ("pv.sock", "pv.out", "pvd.out"))
-    d = subprocess.Popen(DST_NS + [PLAINVM, "receive", "--listen", f"tcp:{DST_ADDR}:{PORT}"],
+    d = subprocess.Popen(DST_NS + [PLAINVM, "receive", "--listen", f"tcp:{DST_ADDR}:{PORT}", "--insecure"],
                          stdout=open(dout, "w"), stderr=subprocess.STDOUT)
     wait_line(dout, "waiting for a migration")
     s = subprocess.Popen(SRC_NS + [PLAINVM, "run", "--kernel", tg, "--memory", f"{mib}M", "--api-sock", sock,

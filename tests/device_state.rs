@@ -221,7 +221,12 @@ fn a_diff_snapshot_holds_the_pages_devices_wrote() {
     vm.kill();
 
     let o = plainvm(
-        &["restore", diff.to_str().unwrap(), "--allow-dir", dir.to_str().unwrap()],
+        &[
+            "restore",
+            diff.to_str().unwrap(),
+            "--allow-dir",
+            dir.to_str().unwrap(),
+        ],
         Duration::from_secs(3),
     );
     assert_eq!(o.status, None, "runs until killed: {}", o.dump());
@@ -245,7 +250,14 @@ fn a_vm_with_a_disk_migrates_and_its_disk_workload_continues() {
     let port = 21000 + (std::process::id() % 4000) as u16;
     let to = format!("tcp:127.0.0.1:{port}");
     let dst = TestVm::start(
-        &["receive", "--listen", &to, "--allow-dir", dir.to_str().unwrap()],
+        &[
+            "receive",
+            "--listen",
+            &to,
+            "--insecure",
+            "--allow-dir",
+            dir.to_str().unwrap(),
+        ],
         &dir.join("dst.out"),
     );
     dst.wait_for("waiting for a migration", T);
@@ -338,16 +350,14 @@ fn linux_with_disk_net_and_vsock_keeps_working_after_restores() {
 
     for round in 0..2 {
         std::fs::copy(&root_at_snap, &root).unwrap();
-        let mut r = TestVm::live(
-            ns.command(plainvm_bin()).args([
-                "restore",
-                snap.to_str().unwrap(),
-                "--allow-dir",
-                dir.to_str().unwrap(),
-                "--allow-tap",
-                TAP,
-            ]),
-        );
+        let mut r = TestVm::live(ns.command(plainvm_bin()).args([
+            "restore",
+            snap.to_str().unwrap(),
+            "--allow-dir",
+            dir.to_str().unwrap(),
+            "--allow-tap",
+            TAP,
+        ]));
         // The agent sees GENERATION bumped and resyncs the clock.
         r.wait_line("generation 0 -> 1", SLOW);
         // The vsock listener from before the snapshot takes a new connection from the host.
@@ -421,12 +431,14 @@ fn linux_keeps_pinging_through_its_tap_across_a_migration() {
     ]));
     src.wait_line("reply from 10.0.2.1 seq=3", SLOW);
     let to = format!("tcp:{}:{}", hosts.b_addr, 7000 + std::process::id() % 1000);
-    let mut dst = TestVm::live(
-        hosts
-            .b
-            .command(plainvm_bin())
-            .args(["receive", "--listen", &to, "--allow-tap", TAP]),
-    );
+    let mut dst = TestVm::live(hosts.b.command(plainvm_bin()).args([
+        "receive",
+        "--listen",
+        &to,
+        "--insecure",
+        "--allow-tap",
+        TAP,
+    ]));
     dst.wait_line("plainvm: waiting for a migration", T);
     let o = plainvm(
         &["migrate", "--api-sock", sock.to_str().unwrap(), "--to", &to],

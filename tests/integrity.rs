@@ -81,7 +81,7 @@ fn assert_not_rebooted(vm: &TestVm) {
 }
 
 fn receiver(dir: &Path, name: &str, listen: &str, extra: &[&str]) -> TestVm {
-    let mut args = vec!["receive", "--listen", listen];
+    let mut args = vec!["receive", "--listen", listen, "--insecure"];
     args.extend_from_slice(extra);
     let vm = TestVm::start(&args, &dir.join(format!("{name}.out")));
     vm.wait_for("waiting for a migration", T);

@@ -51,6 +51,9 @@ fn source(name: &str, mem: &str, cmdline: &str) -> Pair {
 fn receiver(dir: &Path, listen: &str, extra: &[&str], env: &[(&str, &str)]) -> TestVm {
     let mut args = vec!["receive", "--listen", listen];
     args.extend_from_slice(extra);
+    if !extra.contains(&"--key") {
+        args.push("--insecure");
+    }
     let vm = TestVm::start_env(&args, &dir.join("dst.out"), env);
     vm.wait_for("waiting for a migration", T);
     vm
@@ -160,6 +163,7 @@ fn a_received_vm_is_registered_under_its_name() {
         "receive",
         "--listen",
         &format!("tcp:127.0.0.1:{}", port()),
+        "--insecure",
         "--name",
         "moved",
     ]);
@@ -430,7 +434,12 @@ fn receiver_in(dir: &Path, ns: &str, listen: &str, extra: &[&str]) -> TestVm {
             .args(["netns", "exec", ns])
             .arg(plainvm_bin())
             .args(["receive", "--listen", listen])
-            .args(extra),
+            .args(extra)
+            .args(if extra.contains(&"--key") {
+                &[][..]
+            } else {
+                &["--insecure"][..]
+            }),
         &dir.join("dst.out"),
     );
     vm.wait_for("waiting for a migration", T);

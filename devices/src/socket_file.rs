@@ -48,7 +48,10 @@ pub fn listen(path: &Path) -> Result<UnixListener, SocketError> {
     }
     if let Some(dir) = path.parent().filter(|d| !d.exists()) {
         use std::os::unix::fs::DirBuilderExt;
-        let _ = fs::DirBuilder::new().recursive(true).mode(0o700).create(dir);
+        let _ = fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir);
     }
     bind_private(path).map_err(fail)
 }
@@ -120,8 +123,7 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     fn dir(name: &str) -> PathBuf {
-        let d =
-            std::env::temp_dir().join(format!("plainvm-socket-{}-{name}", std::process::id()));
+        let d = std::env::temp_dir().join(format!("plainvm-socket-{}-{name}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
         fs::create_dir_all(&d).unwrap();
         d

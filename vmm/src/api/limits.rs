@@ -41,7 +41,6 @@ pub const LINGER_TIME: Duration = Duration::from_secs(1);
 /// See [`LINGER_TIME`].
 pub const LINGER_BYTES: usize = 2 << 20;
 
-
 /// The limits the request parser enforces (the server uses [`Limits::API`]; tests use smaller
 /// ones).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

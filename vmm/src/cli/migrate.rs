@@ -45,7 +45,8 @@ pub struct MigrateArgs {
 /// `plainvm receive`.
 #[derive(Args)]
 pub struct ReceiveArgs {
-    /// Where to listen: tcp:ADDR:PORT.
+    /// Where to listen: PORT (on 127.0.0.1), or tcp:ADDR:PORT (e.g. tcp:0.0.0.0:7000 for every
+    /// address).
     #[arg(long)]
     pub listen: String,
     /// The incoming VM's name in the registry (default: vm-<pid>); other subcommands find it by
@@ -56,8 +57,12 @@ pub struct ReceiveArgs {
     #[arg(long)]
     pub api_sock: Option<PathBuf>,
     /// The key the source uses (see `migrate --key`).
-    #[arg(long)]
+    #[arg(long, required_unless_present = "insecure")]
     pub key: Option<PathBuf>,
+    /// Accept a VM without a key: anyone who reaches the port can hand this host a VM, and the
+    /// stream is neither encrypted nor authenticated. For trusted, isolated networks only.
+    #[arg(long, conflicts_with = "key")]
+    pub insecure: bool,
     /// Replace a configuration key of the incoming VM, e.g. nets='[{"tap":"tap1"}]' for
     /// another tap name or disks='[...]' for other disk paths here. May be repeated.
     #[arg(long = "set", value_name = "KEY=JSON")]
@@ -159,14 +164,14 @@ fn progress_line(p: &Progress, t: Duration) -> String {
 
 /// Wait for an incoming VM and run it; returns its exit status.
 pub fn run_receive(args: ReceiveArgs) -> Result<i32, String> {
-    let listen = crate::migration::parse_tcp(&args.listen).map_err(|e| e.to_string())?;
+    let listen = crate::migration::parse_listen(&args.listen).map_err(|e| e.to_string())?;
     let key = args
         .key
         .as_deref()
         .map(crate::migration::read_key)
         .transpose()?;
-    let admission = Admission::new(&args.set, &args.allow_dir, &args.allow_tap)
-        .map_err(|e| e.to_string())?;
+    let admission =
+        Admission::new(&args.set, &args.allow_dir, &args.allow_tap).map_err(|e| e.to_string())?;
     if let Some(name) = &args.name {
         crate::host::registry::check_free(name).map_err(|e| e.to_string())?;
     }

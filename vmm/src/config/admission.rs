@@ -68,7 +68,11 @@ impl Admission {
         let o = &self.overrides;
         for (i, d) in cfg.disks.iter().enumerate() {
             if !o.sets("disks", Some(i), "path") && !self.dir_allows(&d.path) {
-                return Err(not_allowed("the disk image", &d.path, "disks=[{\"path\":\"IMG\"}]"));
+                return Err(not_allowed(
+                    "the disk image",
+                    &d.path,
+                    "disks=[{\"path\":\"IMG\"}]",
+                ));
             }
         }
         for (i, n) in cfg.nets.iter().enumerate() {
@@ -102,8 +106,7 @@ impl Admission {
 
     /// True when `path` (an existing file) lies under an allowed directory, symlinks resolved.
     fn dir_allows(&self, path: &Path) -> bool {
-        std::fs::canonicalize(path)
-            .is_ok_and(|p| self.allow_dirs.iter().any(|d| p.starts_with(d)))
+        std::fs::canonicalize(path).is_ok_and(|p| self.allow_dirs.iter().any(|d| p.starts_with(d)))
     }
 
     /// True when the socket `path` (which may not exist yet) would be in an allowed directory.
@@ -182,7 +185,10 @@ mod tests {
         let taps = ["tap-*".to_string()];
         let ok = Admission::new(&[], &dirs, &taps).unwrap();
         let admitted = ok.admit(cfg.clone()).unwrap();
-        assert!(admitted.cpu_affinity.is_empty(), "the saved CPU list was kept");
+        assert!(
+            admitted.cpu_affinity.is_empty(),
+            "the saved CPU list was kept"
+        );
         for evil in ["/etc/shadow", "/dev/sda"] {
             let e = ok
                 .admit(saved(Path::new(evil), &sock))
@@ -205,8 +211,13 @@ mod tests {
             "cpu_affinity=[0]".to_string(),
         ];
         let by_set = Admission::new(&set, &[], &[]).unwrap();
-        let c = by_set.admit(saved(Path::new("/dev/sda"), Path::new("/etc/x"))).unwrap();
-        assert_eq!((c.disks[0].path.as_path(), c.nets[0].tap.as_str()), (img.as_path(), "tap9"));
+        let c = by_set
+            .admit(saved(Path::new("/dev/sda"), Path::new("/etc/x")))
+            .unwrap();
+        assert_eq!(
+            (c.disks[0].path.as_path(), c.nets[0].tap.as_str()),
+            (img.as_path(), "tap9")
+        );
         assert_eq!(c.cpu_affinity, [0]);
         let _ = std::fs::remove_dir_all(&d);
     }

@@ -101,9 +101,15 @@ pub fn ensure_private_dir(root: &Path) -> Result<(), RegistryError> {
     let why = if !m.file_type().is_dir() {
         Some("is not a directory (a symlink?)".to_string())
     } else if m.uid() != me {
-        Some(format!("belongs to uid {}, not to this user (uid {me})", m.uid()))
+        Some(format!(
+            "belongs to uid {}, not to this user (uid {me})",
+            m.uid()
+        ))
     } else if m.mode() & 0o022 != 0 {
-        Some(format!("is writable by others (mode {:o})", m.mode() & 0o777))
+        Some(format!(
+            "is writable by others (mode {:o})",
+            m.mode() & 0o777
+        ))
     } else {
         None
     };

@@ -361,3 +361,144 @@ impl Channel {
         let _ = self.send_now(Kind::Error, msg.as_bytes());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+    use std::sync::{Arc, Mutex};
+
+    /// A writer that keeps a copy of everything written (what went over the wire).
+    #[derive(Clone, Default)]
+    struct Tap(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Tap {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Writes go to both the socket and the tap.
+    struct Both(UnixStream, Tap);
+
+    impl Write for Both {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.1.write_all(b)?;
+            self.0.write(b).inspect(|&n| {
+                // Only what the socket took counts; drop the rest from the copy.
+                let mut t = self.1 .0.lock().unwrap();
+                let keep = t.len() - (b.len() - n);
+                t.truncate(keep);
+            })
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.0.flush()
+        }
+    }
+
+    /// A keyed session over a socket pair: the source sends one Hello frame and the
+    /// destination answers Ready. Returns what the source put on the wire.
+    fn session(key: [u8; 32]) -> Vec<u8> {
+        let (a, b) = UnixStream::pair().unwrap();
+        let tap = Tap::default();
+        let (w, t) = (Both(a.try_clone().unwrap(), tap.clone()), tap.clone());
+        let dst = std::thread::spawn(move || {
+            let mut d = Channel::over(Box::new(b.try_clone().unwrap()), Box::new(b), None);
+            d.handshake_destination(Some(&key)).unwrap();
+            let hello = d.expect(Kind::Hello, "hello").unwrap();
+            d.send_now(Kind::Ready, &[]).unwrap();
+            hello
+        });
+        let mut s = Channel::over(Box::new(a), Box::new(w), None);
+        s.handshake_source(Some(&key)).unwrap();
+        s.send_now(Kind::Hello, b"the same hello every time")
+            .unwrap();
+        s.expect(Kind::Ready, "ready").unwrap();
+        assert_eq!(dst.join().unwrap(), b"the same hello every time");
+        let wire = t.0.lock().unwrap().clone();
+        wire
+    }
+
+    #[test]
+    fn two_sessions_under_one_key_share_no_nonce_and_no_ciphertext() {
+        let key = [7u8; 32];
+        let (one, two) = (session(key), session(key));
+        let nonce = |w: &[u8]| w[SOURCE_FIXED..SOURCE_FIXED + NONCE_LEN].to_vec();
+        assert_ne!(nonce(&one), nonce(&two), "the preamble nonces repeat");
+        let frame = |w: &[u8]| w[SOURCE_FIXED + NONCE_LEN..].to_vec();
+        assert_ne!(
+            frame(&one),
+            frame(&two),
+            "the same frame encrypts the same way twice"
+        );
+    }
+
+    #[test]
+    fn a_recorded_session_replayed_to_a_receiver_is_refused() {
+        let key = [9u8; 32];
+        let recorded = session(key);
+        // Play the source's bytes to a fresh destination with the same key.
+        let (a, b) = UnixStream::pair().unwrap();
+        let feeder = std::thread::spawn(move || {
+            let mut a = a;
+            let _ = a.write_all(&recorded);
+            // Keep the socket open while the destination reads.
+            let mut sink = Vec::new();
+            let _ = a.read_to_end(&mut sink);
+        });
+        let mut d = Channel::over(
+            Box::new(b.try_clone().unwrap()),
+            Box::new(b.try_clone().unwrap()),
+            None,
+        );
+        d.handshake_destination(Some(&key)).unwrap();
+        let r = d.expect(Kind::Hello, "hello");
+        assert!(
+            matches!(r, Err(FrameError::Auth)),
+            "a replay was accepted: {r:?}"
+        );
+        let _ = b.shutdown(std::net::Shutdown::Both);
+        feeder.join().unwrap();
+    }
+
+    #[test]
+    fn a_changed_preamble_fails_the_first_frame() {
+        let key = [3u8; 32];
+        let (a, b) = UnixStream::pair().unwrap();
+        let (m, n) = UnixStream::pair().unwrap();
+        // A man in the middle flips a bit of the source's nonce on the way.
+        let mitm = std::thread::spawn(move || {
+            let (mut from, mut to) = (a, m);
+            let mut buf = vec![0u8; SOURCE_FIXED + NONCE_LEN];
+            from.read_exact(&mut buf).unwrap();
+            buf[SOURCE_FIXED] ^= 1;
+            to.write_all(&buf).unwrap();
+            let (mut f2, mut t2) = (from.try_clone().unwrap(), to.try_clone().unwrap());
+            let back = std::thread::spawn(move || {
+                let _ = std::io::copy(&mut t2, &mut f2);
+            });
+            let _ = std::io::copy(&mut from, &mut to);
+            let _ = to.shutdown(std::net::Shutdown::Both);
+            let _ = back.join();
+        });
+        let dst = std::thread::spawn(move || {
+            let mut d = Channel::over(Box::new(n.try_clone().unwrap()), Box::new(n), None);
+            d.handshake_destination(Some(&key)).unwrap();
+            d.expect(Kind::Hello, "hello").map(|_| ())
+        });
+        let mut s = Channel::over(
+            Box::new(b.try_clone().unwrap()),
+            Box::new(b.try_clone().unwrap()),
+            None,
+        );
+        s.handshake_source(Some(&key)).unwrap();
+        s.send_now(Kind::Hello, b"x").unwrap();
+        assert!(matches!(dst.join().unwrap(), Err(FrameError::Auth)));
+        let _ = b.shutdown(std::net::Shutdown::Both);
+        mitm.join().unwrap();
+    }
+}

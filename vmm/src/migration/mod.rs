@@ -14,8 +14,19 @@ use std::net::SocketAddr;
 /// Errors common to both ends.
 #[derive(Debug, thiserror::Error)]
 pub enum AddrError {
-    #[error("'{0}' is not a migration address: use tcp:HOST:PORT")]
+    #[error(
+        "'{0}' is not a migration address: use tcp:HOST:PORT (or PORT to listen on 127.0.0.1)"
+    )]
     Bad(String),
+}
+
+/// Where `receive` listens: `PORT` (127.0.0.1, this host only), `tcp:PORT`, or `tcp:ADDR:PORT`.
+pub fn parse_listen(s: &str) -> Result<SocketAddr, AddrError> {
+    let rest = s.strip_prefix("tcp:").unwrap_or(s);
+    match rest.parse::<u16>() {
+        Ok(port) => Ok(SocketAddr::from(([127, 0, 0, 1], port))),
+        Err(_) => parse_tcp(&format!("tcp:{rest}")),
+    }
 }
 
 /// Parse `tcp:HOST:PORT`.

@@ -90,9 +90,15 @@ mod tests {
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         let t = std::time::Instant::now();
         assert!(read_capped(&fifo, 100).is_err());
-        assert!(t.elapsed() < std::time::Duration::from_secs(1), "blocked on a FIFO");
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(1),
+            "blocked on a FIFO"
+        );
         assert!(create_private(&f).is_err(), "overwrote an existing file");
-        assert!(create_private(&d.join("link")).is_err(), "wrote through a symlink");
+        assert!(
+            create_private(&d.join("link")).is_err(),
+            "wrote through a symlink"
+        );
         assert!(create_private_dir(&d).is_err());
         let _ = std::fs::remove_dir_all(&d);
     }

@@ -140,11 +140,17 @@ fn parent_chain(dir: &Path) -> Result<Vec<PathBuf>, SnapshotError> {
         };
         let parent = PathBuf::from(String::from_utf8_lossy(&bytes).into_owned());
         if !parent.is_absolute() {
-            return Err(bad(&at, format!("the parent {} is not an absolute path", parent.display())));
+            return Err(bad(
+                &at,
+                format!("the parent {} is not an absolute path", parent.display()),
+            ));
         }
         let canonical = std::fs::canonicalize(&parent).unwrap_or_else(|_| parent.clone());
         if seen.contains(&canonical) {
-            return Err(bad(&at, "the chain of diff snapshots loops back on itself".into()));
+            return Err(bad(
+                &at,
+                "the chain of diff snapshots loops back on itself".into(),
+            ));
         }
         if chain.len() > MAX_CHAIN {
             return Err(bad(

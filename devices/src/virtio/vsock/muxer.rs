@@ -69,7 +69,8 @@ impl Muxer {
             source,
         };
         // A stale socket is replaced; a live one, or a file that is not a socket, is refused.
-        let listener = crate::socket_file::listen(path).map_err(|e| listen_err(std::io::Error::other(e.to_string())))?;
+        let listener = crate::socket_file::listen(path)
+            .map_err(|e| listen_err(std::io::Error::other(e.to_string())))?;
         listener.set_nonblocking(true).map_err(listen_err)?;
         let epoll = Epoll::new().map_err(MuxerError::Epoll)?;
         let fd = listener.as_raw_fd();
