@@ -9,7 +9,7 @@ source "$(dirname "$0")/lib.sh"
 src=$RESOURCES/../guest/c
 out=$CACHE/guest-bin
 shopt -s nullglob
-files=("$src"/*.c "$src"/*.h)
+files=("$src"/*.c "$src"/*.h "$src"/tests/*.c)
 hash=$( (cat "$0" "${files[@]}" /dev/null) | sha256sum | cut -d' ' -f1)
 if up_to_date guest-bin "$hash" "$out"; then
     log "up to date: $out"
@@ -17,6 +17,16 @@ if up_to_date guest-bin "$hash" "$out"; then
 fi
 need_pkgs gcc gcc-multilib
 rm -rf "$out.tmp" && mkdir -p "$out.tmp"
+# The helpers' unit tests (guest/c/tests/NAME.c, each a program that includes the helper it
+# tests) run here on the build host, which runs i386 binaries (IA32 emulation); a failure stops
+# the build, so no image ever gets a helper whose test fails.
+tests=$(mktemp -d)
+trap 'rm -rf "$tests"' EXIT
+for t in "$src"/tests/*.c; do
+    name=$(basename "$t" .c)
+    gcc -m32 -Os -Wall -Werror -o "$tests/$name" "$t"
+    "$tests/$name" || die "guest helper test $name failed"
+done
 for c in "$src"/*.c; do
     name=$(basename "$c" .c)
     gcc -m32 -static -Os -Wall -Werror -o "$out.tmp/$name" "$c"
