@@ -19,6 +19,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -277,6 +278,26 @@ static uint64_t free_kib(void)
     return kib;
 }
 
+/* CLOCK_MONOTONIC in milliseconds (0 if it cannot be read, which Linux never does). */
+static long long now_ms(void)
+{
+    struct timespec t;
+    if (clock_gettime(CLOCK_MONOTONIC, &t) != 0)
+        return 0;
+    return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+/* Sleep `ms` milliseconds. poll(), not usleep()/sleep(): glibc's nanosleep may use the 32-bit-time
+ * system call, which a guest kernel without CONFIG_COMPAT_32BIT_TIME lacks: it fails at once with
+ * ENOSYS, and the watch loop then spun (hundreds of heartbeats a second). poll's timeout is an int
+ * of milliseconds, the same in every ABI. A signal cuts a sleep short; the loop sleeps the rest. */
+static void sleep_ms(unsigned ms)
+{
+    long long end = now_ms() + ms, left = ms;
+    while (left > 0 && poll(NULL, 0, (int)left) != 0)
+        left = end - now_ms();
+}
+
 /* Graceful power-off for a host request: ask every process to stop, give them a moment, sync. */
 static int other_processes(void);
 
@@ -285,13 +306,20 @@ static int graceful(int reboot, uint32_t code)
     printf("plainvm-guest: host asked to %s (code %u): stopping processes\n",
            reboot ? "reboot" : "power off", code);
     fflush(stdout);
+    /* No more beats from here: stop the VMM's watch, or it reports a missed heartbeat while we
+     * wait for the other processes (up to 9 s). */
+    hc(NR_HEARTBEAT, 0, 0, 0, NULL);
     signal(SIGTERM, SIG_IGN);
     kill(-1, SIGTERM);
     /* Give the other processes, and init after them, time to finish: init may well power the
-     * VM off itself. Only then, or after 10 s, power off from here. */
-    for (int i = 0; i < 100 && other_processes() > 0; i++)
-        usleep(100 * 1000);
-    sleep(2);
+     * VM off itself. Only then, or after 7 s, power off from here. A deadline, not a count of
+     * polls: one look through /proc can take a second on a host that emulates guest ring 0, and
+     * a process that ignores SIGTERM (an interactive shell) must not hold us past the VMM's own
+     * 10 s deadline for a SIGTERM-initiated stop. */
+    long long end = now_ms() + 7000;
+    while (other_processes() > 0 && now_ms() < end)
+        sleep_ms(100);
+    sleep_ms(2000);
     return do_power(reboot, code);
 }
 
@@ -438,7 +466,7 @@ static int do_watch(uint32_t interval_ms)
         int stop = watch_round(&w, beat, &code);
         if (stop)
             return graceful(stop == REQ_REBOOT, code);
-        usleep(interval_ms * 1000);
+        sleep_ms(interval_ms);
     }
 }
 

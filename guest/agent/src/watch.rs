@@ -77,6 +77,8 @@ pub fn watch<R: Registers, S: System>(
                 "plainvm-guest: host asked to {} (code {code}): stopping processes",
                 if reboot { "reboot" } else { "power off" }
             );
+            // No more beats from here: the VMM stops watching instead of reporting a miss.
+            hc(r, "heartbeat", nr::HEARTBEAT, [0; 4])?;
             sys.stop_processes();
             return power_off(r, sys, reboot, code);
         }

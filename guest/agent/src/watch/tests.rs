@@ -43,6 +43,10 @@ fn watch_follows_generation_and_obeys_requests() {
     d.state.post(RequestKind::Reboot { code: 4 }).unwrap();
     watch(&mut d, &mut os, I).unwrap();
     assert!(os.stopped);
+    assert!(
+        !d.state.heartbeat_declared(),
+        "the VMM stopped watching the heartbeat"
+    );
     assert_eq!(d.state.agent(), Some(agent::POWER | agent::TIME_SYNC));
     assert_eq!(d.host.seen.lock().unwrap().1, Some((true, 4)));
 }
