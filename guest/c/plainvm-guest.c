@@ -19,6 +19,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -68,8 +69,17 @@ static const char *describe(uint32_t status)
 
 static int lock_fd = -1;
 
+#ifdef PLAINVM_GUEST_TEST
+/* guest/c/tests/watch-race.c includes this file and provides the device and the clock. */
+static uint32_t rd(unsigned off);
+static void wr(unsigned off, uint32_t v);
+static int set_realtime(const struct timespec *t);
+#define main plainvm_guest_main
+#else
 static uint32_t rd(unsigned off) { return page[off / 4]; }
 static void wr(unsigned off, uint32_t v) { page[off / 4] = v; }
+static int set_realtime(const struct timespec *t) { return clock_settime(CLOCK_REALTIME, t); }
+#endif
 
 /* Map the device page and check the magic; exits with a message when it is not there. */
 static void open_device(void)
@@ -177,27 +187,54 @@ static int do_power(int reboot, uint32_t code)
     return fail(reboot ? "reboot" : "poweroff", s);
 }
 
-static int do_time_sync(void)
+/* HOST_TIME into *host: 0 on success, -1 on an error (reported), 1 when the results were lost. A
+ * snapshot taken between the call and the reading of its results restores into a new device,
+ * whose result registers read 0 (no real host clock says 1970). */
+static int host_time(struct timespec *host)
 {
     uint32_t r[4];
     uint32_t s = hc(NR_HOST_TIME, 0, 0, 0, r);
     if (s)
-        return fail("time-sync", s);
-    struct timespec before, host = { .tv_sec = (time_t)r[0], .tv_nsec = (long)r[2] };
-    if (r[1] != 0 || (uint64_t)host.tv_sec != r[0]) {
-        fprintf(stderr, "plainvm-guest: time-sync: host time %u:%u does not fit this guest's time_t\n", r[1], r[0]);
+        return fail("time-sync", s), -1;
+    if (r[0] == 0 && r[1] == 0 && r[2] == 0)
         return 1;
+    host->tv_sec = (time_t)r[0];
+    host->tv_nsec = (long)r[2];
+    if (r[1] != 0 || (uint64_t)host->tv_sec != r[0]) {
+        fprintf(stderr, "plainvm-guest: time-sync: host time %u:%u does not fit this guest's time_t\n", r[1], r[0]);
+        return -1;
     }
+    return 0;
+}
+
+/* Set the clock to *host and say so (tests count these lines). */
+static int set_clock(const struct timespec *host)
+{
+    struct timespec before;
     clock_gettime(CLOCK_REALTIME, &before);
-    if (clock_settime(CLOCK_REALTIME, &host)) {
+    if (set_realtime(host)) {
         fprintf(stderr, "plainvm-guest: time-sync: cannot set the clock: %s\n", strerror(errno));
         return 1;
     }
     printf("plainvm-guest: time-sync: clock set to %lld.%03ld (was %lld, off by %lld s)\n",
-           (long long)host.tv_sec, host.tv_nsec / 1000000, (long long)before.tv_sec,
-           (long long)host.tv_sec - (long long)before.tv_sec);
+           (long long)host->tv_sec, host->tv_nsec / 1000000, (long long)before.tv_sec,
+           (long long)host->tv_sec - (long long)before.tv_sec);
     fflush(stdout);
     return 0;
+}
+
+static int do_time_sync(void)
+{
+    struct timespec host;
+    for (int i = 0; i < 4; i++) {
+        int lost = host_time(&host);
+        if (lost < 0)
+            return 1;
+        if (!lost)
+            return set_clock(&host);
+    }
+    fprintf(stderr, "plainvm-guest: time-sync failed: the host time read back as 0 4 times\n");
+    return 1;
 }
 
 static int do_log(int argc, char **argv)
@@ -241,6 +278,26 @@ static uint64_t free_kib(void)
     return kib;
 }
 
+/* CLOCK_MONOTONIC in milliseconds (0 if it cannot be read, which Linux never does). */
+static long long now_ms(void)
+{
+    struct timespec t;
+    if (clock_gettime(CLOCK_MONOTONIC, &t) != 0)
+        return 0;
+    return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+/* Sleep `ms` milliseconds. poll(), not usleep()/sleep(): glibc's nanosleep may use the 32-bit-time
+ * system call, which a guest kernel without CONFIG_COMPAT_32BIT_TIME lacks: it fails at once with
+ * ENOSYS, and the watch loop then spun (hundreds of heartbeats a second). poll's timeout is an int
+ * of milliseconds, the same in every ABI. A signal cuts a sleep short; the loop sleeps the rest. */
+static void sleep_ms(unsigned ms)
+{
+    long long end = now_ms() + ms, left = ms;
+    while (left > 0 && poll(NULL, 0, (int)left) != 0)
+        left = end - now_ms();
+}
+
 /* Graceful power-off for a host request: ask every process to stop, give them a moment, sync. */
 static int other_processes(void);
 
@@ -249,13 +306,20 @@ static int graceful(int reboot, uint32_t code)
     printf("plainvm-guest: host asked to %s (code %u): stopping processes\n",
            reboot ? "reboot" : "power off", code);
     fflush(stdout);
+    /* No more beats from here: stop the VMM's watch, or it reports a missed heartbeat while we
+     * wait for the other processes (up to 9 s). */
+    hc(NR_HEARTBEAT, 0, 0, 0, NULL);
     signal(SIGTERM, SIG_IGN);
     kill(-1, SIGTERM);
     /* Give the other processes, and init after them, time to finish: init may well power the
-     * VM off itself. Only then, or after 10 s, power off from here. */
-    for (int i = 0; i < 100 && other_processes() > 0; i++)
-        usleep(100 * 1000);
-    sleep(2);
+     * VM off itself. Only then, or after 7 s, power off from here. A deadline, not a count of
+     * polls: one look through /proc can take a second on a host that emulates guest ring 0, and
+     * a process that ignores SIGTERM (an interactive shell) must not hold us past the VMM's own
+     * 10 s deadline for a SIGTERM-initiated stop. */
+    long long end = now_ms() + 7000;
+    while (other_processes() > 0 && now_ms() < end)
+        sleep_ms(100);
+    sleep_ms(2000);
     return do_power(reboot, code);
 }
 
@@ -286,6 +350,102 @@ static int other_processes(void)
     return n;
 }
 
+/* The watch loop (the same logic as guest/agent/src/watch.rs, which explains it and has the unit
+ * tests; guest/c/tests/watch-race.c runs the same cases against this file).
+ * A restore bumps GENERATION and posts a TIME_SYNC request before the guest runs again, but the
+ * snapshot may have frozen this loop between any two register accesses, so a round can see one
+ * without the other. A round therefore settles first: it takes every pending request and re-reads
+ * GENERATION until it reads the same before and after; one sync then answers all of them, and it
+ * keeps HOST_TIME only if GENERATION did not move while it was asked. */
+#define WATCH_TRIES 8
+
+struct watch {
+    uint32_t generation; /* the last GENERATION seen */
+    unsigned long rounds;
+    int sync_owed;       /* start-up, a time-sync request or a new generation */
+};
+
+/* Take every pending request: returns the kind of a power request (its code in *code) at once,
+ * else 0; a time-sync request makes a sync owed. */
+static int take_requests(struct watch *w, uint32_t *code)
+{
+    uint32_t r[4];
+    while (rd(R_PENDING) != 0) {
+        /* NONE: nothing after all (or the answer was lost to a restore: settle re-reads). */
+        if (hc(NR_REQUEST, 0, 0, 0, r) || r[0] == REQ_NONE)
+            break;
+        switch (r[0]) {
+        case REQ_POWER_OFF:
+        case REQ_REBOOT:
+            *code = r[1];
+            return (int)r[0];
+        case REQ_TIME_SYNC:
+            w->sync_owed = 1;
+            break;
+        default:
+            fprintf(stderr, "plainvm-guest: ignoring unknown host request %u\n", r[0]);
+        }
+    }
+    return 0;
+}
+
+/* Take the requests and re-read GENERATION until it reads the same before and after; that
+ * generation goes to *gen. Returns a power request's kind, or 0. */
+static int settle(struct watch *w, uint32_t *gen, uint32_t *code)
+{
+    uint32_t g = rd(R_GENERATION);
+    for (int i = 0; i < WATCH_TRIES; i++) {
+        if (g != w->generation) {
+            printf("plainvm-guest: generation %u -> %u: resyncing the clock\n", w->generation, g);
+            fflush(stdout);
+            w->generation = g;
+            w->sync_owed = 1;
+        }
+        int stop = take_requests(w, code);
+        if (stop)
+            return stop;
+        uint32_t again = rd(R_GENERATION);
+        if (again == g)
+            break;
+        g = again;
+    }
+    *gen = g;
+    return 0;
+}
+
+/* One round: heartbeat, memory hint (every 30 rounds), requests and generation, clock sync.
+ * Returns 0, or the kind of a power request (its code in *code). */
+static int watch_round(struct watch *w, uint32_t beat, uint32_t *code)
+{
+    hc(NR_HEARTBEAT, beat, 0, 0, NULL);
+    if (w->rounds++ % 30 == 0) {
+        uint64_t kib = free_kib();
+        if (kib)
+            hc(NR_MEM_HINT, (uint32_t)kib, (uint32_t)(kib >> 32), 0, NULL);
+    }
+    for (int i = 0; i < WATCH_TRIES; i++) {
+        uint32_t g;
+        int stop = settle(w, &g, code);
+        if (stop)
+            return stop;
+        if (!w->sync_owed)
+            return 0;
+        struct timespec host;
+        int lost = host_time(&host);
+        if (lost < 0) {
+            w->sync_owed = 0; /* reported; the next reason to sync tries again */
+            return 0;
+        }
+        if (!lost && rd(R_GENERATION) == g) {
+            set_clock(&host);
+            w->sync_owed = 0;
+            return 0;
+        }
+        /* GENERATION moved while we asked (or the answer was lost to a restore): settle again. */
+    }
+    return 0;
+}
+
 static int do_watch(uint32_t interval_ms)
 {
     if (interval_ms < 20 || interval_ms > 60000) {
@@ -296,44 +456,17 @@ static int do_watch(uint32_t interval_ms)
     uint32_t s = hc(NR_AGENT_HELLO, AGENT_POWER | AGENT_TIME_SYNC, 0, 0, r);
     if (s)
         return fail("watch: announce", s);
-    uint32_t gen = rd(R_GENERATION);
-    printf("plainvm-guest: watching (generation %u, every %u ms)\n", gen, interval_ms);
+    struct watch w = { .generation = r[0], .sync_owed = 1 };
+    printf("plainvm-guest: watching (generation %u, every %u ms)\n", w.generation, interval_ms);
     fflush(stdout);
-    do_time_sync();
     /* The VMM reports us when we are silent for 5 polls (at least 1 s). */
     uint32_t beat = interval_ms * 5 < 1000 ? 1000 : interval_ms * 5;
-    for (unsigned long n = 0;; n++) {
-        hc(NR_HEARTBEAT, beat, 0, 0, NULL);
-        if (n % 30 == 0) {
-            uint64_t kib = free_kib();
-            if (kib)
-                hc(NR_MEM_HINT, (uint32_t)kib, (uint32_t)(kib >> 32), 0, NULL);
-        }
-        /* A restore both bumps the generation and posts a time sync: one sync answers both. */
-        int synced = 0;
-        uint32_t g = rd(R_GENERATION);
-        if (g != gen) {
-            printf("plainvm-guest: generation %u -> %u: resyncing the clock\n", gen, g);
-            gen = g;
-            do_time_sync();
-            synced = 1;
-        }
-        while (rd(R_PENDING) != 0) {
-            if (hc(NR_REQUEST, 0, 0, 0, r) || r[0] == REQ_NONE)
-                break;
-            switch (r[0]) {
-            case REQ_POWER_OFF: return graceful(0, r[1]);
-            case REQ_REBOOT: return graceful(1, r[1]);
-            case REQ_TIME_SYNC:
-                if (!synced)
-                    do_time_sync();
-                synced = 1;
-                break;
-            default:
-                fprintf(stderr, "plainvm-guest: ignoring unknown host request %u\n", r[0]);
-            }
-        }
-        usleep(interval_ms * 1000);
+    for (;;) {
+        uint32_t code = 0;
+        int stop = watch_round(&w, beat, &code);
+        if (stop)
+            return graceful(stop == REQ_REBOOT, code);
+        sleep_ms(interval_ms);
     }
 }
 

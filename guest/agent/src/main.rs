@@ -5,6 +5,7 @@ mod args;
 mod commands;
 mod device;
 mod system;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -30,3 +31,5 @@ fn main() -> ExitCode {
         }
     }
 }
+#[cfg(test)]
+mod fake;

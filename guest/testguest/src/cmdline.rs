@@ -43,6 +43,11 @@ pub struct Options {
     pub net_selftest: bool,
     /// `net-bench=<MiB>`: virtio-net transmit then receive throughput over this many MiB.
     pub net_bench_mib: Option<u64>,
+    /// `spin=<dev>[,<dev>...]` (rng, balloon, vsock; the word may repeat): keep those devices'
+    /// queues busy for ever (`spin/mod.rs`). Bits of `spin::RNG`, `BALLOON`, `VSOCK`.
+    pub spin: u8,
+    /// `agent-flood`: AGENT_HELLO with changing capabilities in a tight loop, for ever.
+    pub agent_flood: bool,
 }
 
 /// Parses the NUL-terminated command line at guest-physical address `addr` (0: none).
@@ -70,6 +75,8 @@ pub unsafe fn parse(addr: u64) -> Options {
         blk_loop: false,
         net_selftest: false,
         net_bench_mib: None,
+        spin: 0,
+        agent_flood: false,
     };
     if addr == 0 {
         return opts;
@@ -122,6 +129,10 @@ pub unsafe fn parse(addr: u64) -> Options {
             opts.net_selftest = true;
         } else if let Some(v) = value(word, b"net-bench=") {
             opts.net_bench_mib = Some(v);
+        } else if let Some(names) = word.strip_prefix(b"spin=") {
+            opts.spin |= crate::spin::parse(names);
+        } else if word == b"agent-flood" {
+            opts.agent_flood = true;
         }
     }
     opts

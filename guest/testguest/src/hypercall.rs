@@ -1,5 +1,6 @@
 //! The hypercall device from ring 3: `hypercall-selftest` (every call, malformed ones included),
-//! `agent` (announce, then obey host requests) and `exit-code=N` (POWER off with that code).
+//! `agent` (announce, then obey host requests) and `exit-code=N` (POWER off with that code);
+//! `hello` and `take_request` for `agent-flood` (`spin/mod.rs`).
 
 use crate::{clock, serial};
 use core::ptr::{read_volatile, write_volatile};
@@ -40,6 +41,25 @@ pub fn exit(code: u64) -> ! {
         .u(u64::from(status_of(r)))
         .s("\n");
     crate::power::off(1);
+}
+
+/// AGENT_HELLO with capability bits `caps`, as cheaply as the interface allows (three register
+/// accesses, each a VM exit: ARG0, CALL, STATUS; the call reads no other argument); returns the
+/// call's status.
+pub fn hello(caps: u32) -> u32 {
+    Mmio.write32(regs::ARG[0], caps);
+    Mmio.write32(regs::CALL, nr::AGENT_HELLO);
+    Mmio.read32(regs::STATUS)
+}
+
+/// The oldest pending host request as (kind, argument), if one is waiting.
+pub fn take_request() -> Option<(u32, u32)> {
+    if Mmio.read32(regs::PENDING) == 0 {
+        return None;
+    }
+    call(&mut Mmio, nr::REQUEST, [0; 4])
+        .ok()
+        .map(|[kind, arg, ..]| (kind, arg))
 }
 
 /// Announce as an agent that handles power requests, then poll for requests forever.

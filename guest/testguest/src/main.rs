@@ -17,6 +17,7 @@ mod power;
 mod pvh;
 mod serial;
 mod smp;
+mod spin;
 mod virtio;
 mod workload;
 
@@ -83,6 +84,9 @@ pub extern "C" fn testguest_main(idx: u64, ncpus: u64, ram: u64, cmdline_addr: u
     }
     if let Some(mib) = opts.net_bench_mib {
         net_workload::bench(opts.line, mib);
+    }
+    if opts.spin != 0 || opts.agent_flood {
+        spin::run(opts.line, opts.spin, opts.agent_flood);
     }
     if opts.hypercall_selftest {
         hypercall::selftest(ram);

@@ -21,6 +21,7 @@
 
 pub mod blk;
 pub mod net;
+pub mod spinner;
 
 use core::sync::atomic::{fence, AtomicUsize, Ordering};
 
@@ -32,6 +33,8 @@ pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
 /// Device type of virtio-rng.
 pub const TYPE_RNG: u32 = 4;
+/// Device type of virtio-balloon.
+pub const TYPE_BALLOON: u32 = 5;
 /// Device type of virtio-vsock.
 pub const TYPE_VSOCK: u32 = 19;
 
