@@ -62,6 +62,7 @@ fn stock_debian_kernel_boots_smp_reboots_and_powers_off() {
     log.print_timings(&["stock-2cpu", "stock-4cpu"]);
     for (name, cpus, status) in [("stock-2cpu", 2, 0), ("stock-4cpu", 4, 7)] {
         let run = log.run(name);
+        assert_status(&log, &run, status);
         assert!(
             run.contains("Linux version 6.1."),
             "{name}: not the stock kernel:\n{}",
@@ -76,7 +77,6 @@ fn stock_debian_kernel_boots_smp_reboots_and_powers_off() {
         assert!(run.contains("GUEST-INIT-REACHED"), "{}", run.text());
         assert!(run.contains("GUEST-POWEROFF"), "{}", run.text());
         assert_healthy(&run);
-        assert_status(&log, &run, status);
     }
     // reboot -f with reboot=k: the kernel resets through the i8042, plainvm ends with 0.
     assert!(

@@ -3,8 +3,8 @@
 # ends with `reboot -f` (reboot=k: the i8042 reset, plainvm exits 0), the 4-vCPU one powers off
 # through the hypercall device with a status (plainvm.exitcode=7: plainvm exits 7).
 # STOCK_EXTRA is set by the test (extra command-line words).
-run stock-2cpu 400 plainvm run --kernel $HW/vmlinuz --initrd $HW/initramfs.cpio \
+run stock-2cpu ${STOCK_TIMEOUT:-240} plainvm run --kernel $HW/vmlinuz --initrd $HW/initramfs.cpio \
     --cpus 2 --memory 256M --cmdline "$CMDLINE $STOCK_EXTRA"
-run stock-4cpu 400 plainvm run --kernel $HW/vmlinuz --initrd $HW/initramfs.cpio \
+run stock-4cpu ${STOCK_TIMEOUT:-240} plainvm run --kernel $HW/vmlinuz --initrd $HW/initramfs.cpio \
     --cpus 4 --memory 256M --cmdline "$CMDLINE $STOCK_EXTRA plainvm.exitcode=7"
 true
