@@ -457,10 +457,38 @@ impl L1Log {
     }
 }
 
+/// True when a level-2 guest died the way TCG's emulation of nested paging sometimes makes it
+/// die (resources/hw-host/README.md, "Known limits"): a triple fault that plainvm reports at the
+/// reset vector (on AMD, KVM re-initialises the VMCB after a shutdown intercept).
+pub fn emulator_triple_fault(log: &L1Log) -> bool {
+    log.lines
+        .iter()
+        .any(|(_, l)| l.contains("the guest triple-faulted") && l.contains("near RIP 0xfff0"))
+}
+
+/// How often an L1 boot is tried when a guest hits `emulator_triple_fault` (about one boot of the
+/// project's kernel in 18 does). A real triple fault recurs and still fails the test.
+pub const ATTEMPTS: usize = 3;
+
 /// Boot L1 with `cfg`, wait for it to power off (up to `limit`) and check that it ran the
-/// script to the end (the tests check each run's result themselves).
+/// script to the end (the tests check each run's result themselves). Booted again (up to
+/// `ATTEMPTS` in all) when a guest hit the emulator's triple fault.
 pub fn run_l1(cfg: &L1Config, dir: &Path, limit: Duration) -> L1Log {
-    let log = L1::boot(cfg, dir).finish(limit);
+    let mut attempt = 1;
+    let log = loop {
+        let log = L1::boot(cfg, dir).finish(limit);
+        if attempt < ATTEMPTS && emulator_triple_fault(&log) {
+            eprintln!(
+                "{}: a level-2 guest triple-faulted (TCG's nested paging, see \
+                 resources/hw-host/README.md); booting L1 again (attempt {})",
+                cfg.name,
+                attempt + 1
+            );
+            attempt += 1;
+            continue;
+        }
+        break log;
+    };
     assert!(
         !log.timed_out,
         "{}: L1 still running after {limit:?}:\n{}",
