@@ -10,8 +10,13 @@ here=$(cd "$(dirname "$0")" && pwd)
 export PLAINVM_GUEST_BIN_DIR=${PLAINVM_GUEST_BIN_DIR:-${PLAINVM_CACHE:-/var/cache/plainvm}/guest-bin}
 "$here/build-initramfs.sh"
 "$here/build-rootfs.sh"
+# The emulated AMD-V test host (resources/hw-host): the kernel flavour for hardware hosts, then
+# the level-1 host's kernel, initramfs and the 64-bit guest images.
+"$here/hw-host/build-kernel-hw.sh"
+"$here/hw-host/build-l1.sh"
 source "$here/env.sh"
 echo "PLAINVM_VMLINUX=$PLAINVM_VMLINUX"
 echo "PLAINVM_VMLINUX_NOINT3=$PLAINVM_VMLINUX_NOINT3"
 echo "PLAINVM_INITRAMFS=$PLAINVM_INITRAMFS"
 echo "PLAINVM_ROOTFS=$PLAINVM_ROOTFS"
+echo "hardware-host kernel: $PLAINVM_CACHE/vmlinux-hw; emulated AMD-V host: $PLAINVM_CACHE/hw-host"

@@ -1,0 +1,505 @@
+//! The emulated AMD-V test host (resources/hw-host/README.md): a level-1 (L1) Linux under
+//! `qemu-system-x86_64 -accel tcg -cpu EPYC,+svm,+npt`, where Debian's stock kernel loads
+//! kvm-amd and plainvm runs as on a host with hardware virtualization. A test hands L1 a shell
+//! script (resources/hw-host/scripts); L1 runs it and reports on its serial console, which this
+//! module reads: `@NAME <line>` for the output of level-2 run NAME, `HWHOST-RUN NAME status=N
+//! secs=S` when it ends, `HWHOST-L1-EXIT status=N` at the end (resources/hw-host/l1-init).
+//! QEMU is killed when the `L1` is dropped (and when the test's thread ends: PDEATHSIG), so a
+//! failing test leaves nothing running; everything the guests use (taps, disks) lives inside L1.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+/// The cached L1 artifacts (resources/hw-host/build-l1.sh).
+pub struct Artifacts {
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+}
+
+/// `$PLAINVM_CACHE/hw-host` (default /var/cache/plainvm/hw-host).
+pub fn cache_dir() -> PathBuf {
+    PathBuf::from(std::env::var_os("PLAINVM_CACHE").unwrap_or_else(|| "/var/cache/plainvm".into()))
+        .join("hw-host")
+}
+
+/// Find the L1 artifacts; panics with the command that builds them (the tests must not pass by
+/// skipping).
+pub fn artifacts() -> Artifacts {
+    let dir = cache_dir();
+    let a = Artifacts {
+        kernel: dir.join("vmlinux-l1"),
+        initramfs: dir.join("l1.cpio"),
+    };
+    for p in [&a.kernel, &a.initramfs] {
+        assert!(
+            p.exists(),
+            "{} is missing: build it with resources/build-guest.sh (or resources/hw-host/build-l1.sh)",
+            p.display()
+        );
+    }
+    assert!(
+        crate::have("qemu-system-x86_64"),
+        "qemu-system-x86_64 is missing (Debian qemu-system-x86; .ci/run installs it)"
+    );
+    a
+}
+
+/// The plainvm binary put into L1: `PLAINVM_HW_BIN`, else the one the other tests run
+/// (statically linked, so it runs on L1's busybox system as it is).
+pub fn plainvm_for_l1() -> PathBuf {
+    std::env::var_os("PLAINVM_HW_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(crate::plainvm_bin)
+}
+
+/// Serializes L1 boots within a test binary: one TCG host takes both cores of this machine.
+pub fn l1_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One L1 boot: what it runs and how it is wired.
+pub struct L1Config {
+    /// Used in file names and messages.
+    pub name: String,
+    /// The body of /hw-run/script.sh (l1-lib.sh's helpers are loaded first).
+    pub script: String,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    /// Extra words on L1's kernel command line (e.g. `hwhost.ip=192.168.77.1/24`).
+    pub append: String,
+    /// Extra QEMU arguments (network, disks).
+    pub qemu_args: Vec<String>,
+}
+
+impl L1Config {
+    pub fn new(name: &str, script: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            script: script.into(),
+            memory_mib: 2048,
+            cpus: 2,
+            append: String::new(),
+            qemu_args: Vec::new(),
+        }
+    }
+}
+
+/// A newc cpio archive of `entries` (path, mode, contents; `None` = a directory).
+pub fn cpio(entries: &[(&str, u32, Option<&[u8]>)]) -> Vec<u8> {
+    fn entry(out: &mut Vec<u8>, ino: usize, name: &str, mode: u32, data: &[u8]) {
+        let fields = [
+            ino as u32,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            data.len() as u32,
+            0,
+            0,
+            0,
+            0,
+            name.len() as u32 + 1,
+            0,
+        ];
+        out.extend_from_slice(b"070701");
+        for f in fields {
+            out.extend_from_slice(format!("{f:08x}").as_bytes());
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+        while !out.len().is_multiple_of(4) {
+            out.push(0);
+        }
+        out.extend_from_slice(data);
+        while !out.len().is_multiple_of(4) {
+            out.push(0);
+        }
+    }
+    let mut out = Vec::new();
+    for (i, (name, mode, data)) in entries.iter().enumerate() {
+        match data {
+            Some(d) => entry(&mut out, i + 1, name, 0o100000 | mode, d),
+            None => entry(&mut out, i + 1, name, 0o040000 | mode, &[]),
+        }
+    }
+    entry(&mut out, 0, "TRAILER!!!", 0, &[]);
+    out
+}
+
+/// The repository's resources/hw-host directory.
+pub fn resources() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../resources/hw-host")
+}
+
+/// The initramfs for one boot: the cached l1.cpio followed by a cpio with /init, the helper
+/// library, the script and plainvm (the kernel unpacks concatenated archives in order).
+fn initramfs_for(cfg: &L1Config, dir: &Path) -> PathBuf {
+    let a = artifacts();
+    let read = |p: &Path| std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let init = read(&resources().join("l1-init"));
+    let lib = read(&resources().join("l1-lib.sh"));
+    // The debug build carries ~40 MiB of debug info that L1 would unpack under TCG for nothing.
+    let bin = plainvm_for_l1();
+    let stripped = dir.join("plainvm-stripped");
+    let ok = Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(&bin)
+        .arg(&stripped)
+        .status()
+        .is_ok_and(|s| s.success());
+    let plainvm = read(if ok { &stripped } else { &bin });
+    let extra = cpio(&[
+        ("init", 0o755, Some(&init)),
+        ("hw-run", 0o755, None),
+        ("hw-run/lib.sh", 0o644, Some(&lib)),
+        ("hw-run/script.sh", 0o644, Some(cfg.script.as_bytes())),
+        ("bin/plainvm", 0o755, Some(&plainvm)),
+    ]);
+    let path = dir.join(format!("l1-{}.cpio", cfg.name));
+    std::fs::copy(&a.initramfs, &path).expect("copy l1.cpio");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    f.write_all(&extra).unwrap();
+    path
+}
+
+/// A running L1 host whose console is read line by line; QEMU is killed on drop.
+pub struct L1 {
+    pub name: String,
+    child: Child,
+    lines: Receiver<(f64, String)>,
+    log: Vec<(f64, String)>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+    started: Instant,
+    console: std::fs::File,
+}
+
+impl L1 {
+    /// Boot L1 with `cfg` (files in `dir`); returns at once.
+    pub fn boot(cfg: &L1Config, dir: &Path) -> Self {
+        let a = artifacts();
+        let initrd = initramfs_for(cfg, dir);
+        let append = format!(
+            "console=ttyS0 panic=-1 no_timer_check loglevel=2 {}",
+            cfg.append
+        );
+        let mut cmd = Command::new("nice");
+        cmd.args(["-n", "10", "qemu-system-x86_64"])
+            .args(["-accel", "tcg,thread=multi", "-cpu", "EPYC,+svm,+npt"])
+            .args(["-smp", &cfg.cpus.to_string()])
+            .args(["-m", &format!("{}M", cfg.memory_mib)])
+            .args(["-nodefaults", "-no-user-config", "-display", "none"])
+            .args(["-serial", "stdio", "-no-reboot"])
+            .arg("-kernel")
+            .arg(&a.kernel)
+            .arg("-initrd")
+            .arg(&initrd)
+            .args(["-append", &append])
+            .args(&cfg.qemu_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: prctl only sets this (forked, not yet exec'd) child's parent-death signal.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let started = Instant::now();
+        let mut child = cmd.spawn().expect("start qemu-system-x86_64");
+        let out = child.stdout.take().unwrap();
+        let mut err = child.stderr.take().unwrap();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).split(b'\n') {
+                let Ok(line) = line else { break };
+                let line = String::from_utf8_lossy(&line)
+                    .trim_end_matches('\r')
+                    .to_string();
+                if tx.send((started.elapsed().as_secs_f64(), line)).is_err() {
+                    break;
+                }
+            }
+        });
+        // QEMU's own messages (TCG warns about EPYC features it lacks); kept for failures.
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s.lines()
+                .filter(|l| !l.contains("TCG doesn't support requested feature"))
+                .map(|l| format!("{l}\n"))
+                .collect()
+        });
+        let console = std::fs::File::create(dir.join(format!("console-{}.log", cfg.name)))
+            .expect("console log file");
+        Self {
+            name: cfg.name.clone(),
+            child,
+            lines,
+            log: Vec::new(),
+            stderr: Some(stderr),
+            started,
+            console,
+        }
+    }
+
+    fn take(&mut self, t: f64, line: String) {
+        // Shown live with --nocapture, and with a failing test's output otherwise.
+        eprintln!("[{} {t:7.2}s] {line}", self.name);
+        let _ = writeln!(self.console, "[{t:8.3}] {line}");
+        self.log.push((t, line));
+    }
+
+    /// Wait for a console line containing `needle`; returns it. Panics with the log after
+    /// `limit` (or when L1 ends first).
+    pub fn wait_for(&mut self, needle: &str, limit: Duration) -> String {
+        let end = Instant::now() + limit;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok((t, line)) => {
+                    let hit = line.contains(needle);
+                    self.take(t, line.clone());
+                    if hit {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "{}: no '{needle}' within {limit:?}:\n{}",
+                    self.name,
+                    self.text()
+                ),
+            }
+        }
+    }
+
+    fn text(&self) -> String {
+        self.log
+            .iter()
+            .map(|(t, l)| format!("[{t:7.2}] {l}\n"))
+            .collect()
+    }
+
+    /// Wait (up to `limit`) for L1 to power off; kills QEMU at the limit. The whole console.
+    pub fn finish(mut self, limit: Duration) -> L1Log {
+        let end = Instant::now() + limit;
+        // The reader ends with QEMU's stdout.
+        while let Ok((t, line)) = self
+            .lines
+            .recv_timeout(end.saturating_duration_since(Instant::now()))
+        {
+            self.take(t, line);
+        }
+        let timed_out = Instant::now() >= end;
+        let _ = self.child.kill();
+        let qemu_status = self.child.wait().ok().and_then(|s| s.code());
+        let stderr = self
+            .stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        L1Log {
+            name: self.name.clone(),
+            lines: std::mem::take(&mut self.log),
+            qemu_status,
+            timed_out,
+            stderr,
+            wall: self.started.elapsed(),
+        }
+    }
+}
+
+impl Drop for L1 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Everything one L1 boot printed, with the wall time (seconds since QEMU started) of each line.
+pub struct L1Log {
+    pub name: String,
+    pub lines: Vec<(f64, String)>,
+    pub qemu_status: Option<i32>,
+    /// QEMU was still running at the limit of `finish` (and was killed).
+    pub timed_out: bool,
+    pub stderr: String,
+    pub wall: Duration,
+}
+
+/// One level-2 run inside L1 (`run`/`start` in l1-lib.sh).
+#[derive(Debug)]
+pub struct Run {
+    pub name: String,
+    /// Its output, prefix removed, with the wall time of each line since the run started.
+    pub lines: Vec<(f64, String)>,
+    /// Exit status (None: still running when L1 ended, or killed by the script's timeout).
+    pub status: Option<i32>,
+    /// Duration as measured inside L1.
+    pub secs: Option<f64>,
+}
+
+impl Run {
+    pub fn text(&self) -> String {
+        self.lines.iter().map(|(_, l)| format!("{l}\n")).collect()
+    }
+
+    pub fn contains(&self, s: &str) -> bool {
+        self.lines.iter().any(|(_, l)| l.contains(s))
+    }
+
+    /// Seconds from the run's start to its first line containing `s`.
+    pub fn time_of(&self, s: &str) -> Option<f64> {
+        self.lines
+            .iter()
+            .find(|(_, l)| l.contains(s))
+            .map(|(t, _)| *t)
+    }
+}
+
+impl L1Log {
+    /// The whole console, for assertion messages.
+    pub fn text(&self) -> String {
+        let mut s: String = self
+            .lines
+            .iter()
+            .map(|(t, l)| format!("[{t:7.2}] {l}\n"))
+            .collect();
+        if !self.stderr.trim().is_empty() {
+            s.push_str(&format!("--- qemu stderr\n{}", self.stderr));
+        }
+        s
+    }
+
+    /// The script's exit status (`HWHOST-L1-EXIT status=N`), if L1 got that far.
+    pub fn exit_status(&self) -> Option<i32> {
+        self.lines.iter().find_map(|(_, l)| {
+            l.strip_prefix("HWHOST-L1-EXIT status=")?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+
+    /// Wall time from QEMU's start to L1's user space being up.
+    pub fn ready_secs(&self) -> Option<f64> {
+        self.time_of_line("HWHOST-L1-READY")
+    }
+
+    fn time_of_line(&self, prefix: &str) -> Option<f64> {
+        self.lines
+            .iter()
+            .find(|(_, l)| l.starts_with(prefix))
+            .map(|(t, _)| *t)
+    }
+
+    /// The value of `HWHOST-INFO KEY=VALUE`.
+    pub fn info(&self, key: &str) -> Option<String> {
+        let p = format!("HWHOST-INFO {key}=");
+        self.lines
+            .iter()
+            .find_map(|(_, l)| Some(l.strip_prefix(&p)?.trim().to_string()))
+    }
+
+    /// Run NAME's output and result. Panics (with the console) if it never started.
+    pub fn run(&self, name: &str) -> Run {
+        let start = self
+            .time_of_line(&format!("HWHOST-RUN-START {name}"))
+            .unwrap_or_else(|| panic!("run {name} never started:\n{}", self.text()));
+        let prefix = format!("@{name} ");
+        let lines = self
+            .lines
+            .iter()
+            .filter_map(|(t, l)| Some((t - start, l.strip_prefix(&prefix)?.to_string())))
+            .collect();
+        let end = format!("HWHOST-RUN {name} ");
+        let result = self.lines.iter().find_map(|(_, l)| l.strip_prefix(&end));
+        let field = |k: &str| {
+            result.and_then(|r| {
+                r.split_whitespace()
+                    .find_map(|w| w.strip_prefix(k))
+                    .map(str::to_string)
+            })
+        };
+        Run {
+            name: name.into(),
+            lines,
+            status: field("status=").and_then(|s| s.parse().ok()),
+            secs: field("secs=").and_then(|s| s.parse().ok()),
+        }
+    }
+
+    /// Print a summary of the boot's timings (shown with --nocapture and in failures).
+    pub fn print_timings(&self, runs: &[&str]) {
+        eprintln!(
+            "{}: L1 ready after {:.1} s, whole L1 boot {:.1} s",
+            self.name,
+            self.ready_secs().unwrap_or(f64::NAN),
+            self.wall.as_secs_f64()
+        );
+        for r in runs {
+            let run = self.run(r);
+            eprintln!(
+                "  {r}: status {:?}, {:.1} s",
+                run.status,
+                run.secs.unwrap_or(f64::NAN)
+            );
+        }
+    }
+}
+
+/// True when a level-2 guest died the way TCG's emulation of nested paging sometimes makes it
+/// die (resources/hw-host/README.md, "Known limits"): a triple fault that plainvm reports at the
+/// reset vector (on AMD, KVM re-initialises the VMCB after a shutdown intercept).
+pub fn emulator_triple_fault(log: &L1Log) -> bool {
+    log.lines
+        .iter()
+        .any(|(_, l)| l.contains("the guest triple-faulted") && l.contains("near RIP 0xfff0"))
+}
+
+/// How often an L1 boot is tried when a guest hits `emulator_triple_fault` (about one boot of the
+/// project's kernel in 18 does). A real triple fault recurs and still fails the test.
+pub const ATTEMPTS: usize = 3;
+
+/// Boot L1 with `cfg`, wait for it to power off (up to `limit`) and check that it ran the
+/// script to the end (the tests check each run's result themselves). Booted again (up to
+/// `ATTEMPTS` in all) when a guest hit the emulator's triple fault.
+pub fn run_l1(cfg: &L1Config, dir: &Path, limit: Duration) -> L1Log {
+    let mut attempt = 1;
+    let log = loop {
+        let log = L1::boot(cfg, dir).finish(limit);
+        if attempt < ATTEMPTS && emulator_triple_fault(&log) {
+            eprintln!(
+                "{}: a level-2 guest triple-faulted (TCG's nested paging, see \
+                 resources/hw-host/README.md); booting L1 again (attempt {})",
+                cfg.name,
+                attempt + 1
+            );
+            attempt += 1;
+            continue;
+        }
+        break log;
+    };
+    assert!(
+        !log.timed_out,
+        "{}: L1 still running after {limit:?}:\n{}",
+        cfg.name,
+        log.text()
+    );
+    assert!(
+        log.exit_status().is_some(),
+        "{}: the L1 script did not finish:\n{}",
+        cfg.name,
+        log.text()
+    );
+    log
+}
