@@ -105,7 +105,7 @@ nodelist {
 $nodelist}
 quorum {
     provider: corosync_votequorum
-    two_node: $([ "$(echo $NODES | wc -w)" = 2 ] && echo 1 || echo 0)
+    two_node: $([ "$(echo "$NODES" | wc -w)" = 2 ] && echo 1 || echo 0)
 }
 logging {
     to_logfile: yes
@@ -215,7 +215,8 @@ boot() {
     p=$(tr -d " " <"/proc/$unshare_pid/task/$unshare_pid/children")
     [ -n "$p" ] || die "no init process under $unshare_pid"
     echo "$p" >"$d/pid"
-    local veth="v$(index "$n")-$(printf '%s' "$BASE" | cksum | cut -c1-8)"
+    local veth
+    veth="v$(index "$n")-$(printf '%s' "$BASE" | cksum | cut -c1-8)"
     ip -n "$SW" link del "$veth" 2>/dev/null || true
     ip -n "$SW" link add "$veth" type veth peer name eth0 netns "$p"
     ip -n "$SW" link set "$veth" master br0 up
