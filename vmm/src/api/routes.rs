@@ -49,30 +49,54 @@ fn parse<T: DeserializeOwned>(body: &[u8], expected: &str) -> Result<T, Reply> {
     })
 }
 
+/// A request the API understands, parsed and checked (no VM needed: fuzzed on its own).
+#[derive(Debug, PartialEq)]
+pub enum ApiRequest {
+    Info,
+    State(StateChange),
+    Snapshot(SnapshotCreate),
+    Action(ActionRequest),
+    Balloon(BalloonChange),
+    MigrateProgress,
+    Migrate(MigrateRequest),
+}
+
+/// Parse `method path` with `body` into a request, or the error reply (400, 404, 405).
+pub fn parse_request(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, Reply> {
+    match (method, path) {
+        ("GET", "/vm") => Ok(ApiRequest::Info),
+        ("PATCH", "/vm") => parse(body, r#"{"state": "Paused"|"Running"}"#).map(ApiRequest::State),
+        ("PUT", "/snapshot/create") => {
+            parse(body, r#"{"path": DIR, "type": "Full"|"Diff"}"#).map(ApiRequest::Snapshot)
+        }
+        ("PUT", "/actions") => parse(body, r#"{"action": "stop"|"kill"}"#).map(ApiRequest::Action),
+        ("PATCH", "/balloon") => parse(body, r#"{"amount_mib": N}"#).map(ApiRequest::Balloon),
+        ("GET", "/migrate") => Ok(ApiRequest::MigrateProgress),
+        ("PUT", "/migrate") => {
+            parse(body, r#"{"to": "tcp:HOST:PORT", ...}"#).map(ApiRequest::Migrate)
+        }
+        (_, "/vm" | "/snapshot/create" | "/actions" | "/balloon" | "/migrate") => Err(
+            Reply::error(405, format!("{method} is not allowed on {path}")),
+        ),
+        _ => Err(Reply::error(404, format!("no resource {path}"))),
+    }
+}
+
 /// Answer `method path` with `body` on `vm`.
 pub fn route(method: &str, path: &str, body: &[u8], vm: &Vm) -> Reply {
-    let r = match (method, path) {
-        ("GET", "/vm") => Ok(Reply::ok(&vm.info())),
-        ("PATCH", "/vm") => parse(body, r#"{"state": "Paused"|"Running"}"#).map(|c| state(vm, c)),
-        ("PUT", "/snapshot/create") => {
-            parse(body, r#"{"path": DIR, "type": "Full"|"Diff"}"#).map(|s| snapshot(vm, s))
-        }
-        ("PUT", "/actions") => parse(body, r#"{"action": "stop"|"kill"}"#).map(|a| action(vm, a)),
-        ("PATCH", "/balloon") => parse(body, r#"{"amount_mib": N}"#).map(|b| balloon(vm, b)),
-        ("GET", "/migrate") => Ok(match vm.migration_progress() {
+    match parse_request(method, path, body) {
+        Err(reply) => reply,
+        Ok(ApiRequest::Info) => Reply::ok(&vm.info()),
+        Ok(ApiRequest::State(c)) => state(vm, c),
+        Ok(ApiRequest::Snapshot(s)) => snapshot(vm, s),
+        Ok(ApiRequest::Action(a)) => action(vm, a),
+        Ok(ApiRequest::Balloon(b)) => balloon(vm, b),
+        Ok(ApiRequest::MigrateProgress) => match vm.migration_progress() {
             Some(p) => Reply::ok(&p),
             None => Reply::error(404, "no migration has started"),
-        }),
-        ("PUT", "/migrate") => {
-            parse(body, r#"{"to": "tcp:HOST:PORT", ...}"#).map(|m| migrate(vm, m))
-        }
-        (_, "/vm" | "/snapshot/create" | "/actions" | "/balloon" | "/migrate") => Ok(Reply::error(
-            405,
-            format!("{method} is not allowed on {path}"),
-        )),
-        _ => Ok(Reply::error(404, format!("no resource {path}"))),
-    };
-    r.unwrap_or_else(|e| e)
+        },
+        Ok(ApiRequest::Migrate(m)) => migrate(vm, m),
+    }
 }
 
 fn state(vm: &Vm, c: StateChange) -> Reply {

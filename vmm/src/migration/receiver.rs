@@ -58,6 +58,11 @@ impl Incoming {
         })
     }
 
+    /// An incoming migration on a channel whose preamble is done (tests and fuzzing).
+    pub fn over(ch: Channel) -> Self {
+        Self { ch }
+    }
+
     /// The source's offer: its configuration and CPUID.
     pub fn hello(&mut self) -> Result<Hello, ReceiveError> {
         decode(&self.ch.expect(Kind::Hello, "the handshake")?, "handshake")
