@@ -302,3 +302,172 @@ fn a_log_flood_into_a_closed_stderr_does_not_end_the_vm() {
     assert!(out.contains("HC PASS log-flood"), "{out}");
     assert_eq!(status.code(), Some(0), "{status:?}\n{out}");
 }
+
+/// Whether a `SPIN <dev>[-queue] published=.. used=N` progress line of `dev` with N > 0 is in
+/// `out`.
+fn served(out: &str, dev: &str) -> bool {
+    let prefix = format!("SPIN {dev}");
+    let progress = |l: &&str| l.starts_with(&prefix) && l.contains(" published=");
+    out.lines().filter(progress).any(|l| {
+        l.split_whitespace()
+            .find_map(|w| w.strip_prefix("used="))
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n > 0)
+    })
+}
+
+/// How long `args` on the API at `sock` took; it must have succeeded.
+fn timed(args: &[&str], sock: &Path) -> Duration {
+    let t = Instant::now();
+    let o = api(args, sock);
+    assert_eq!(o.status, Some(0), "{args:?}: {}{}", o.stdout, o.stderr);
+    t.elapsed()
+}
+
+#[test]
+fn a_guest_spinning_on_its_device_queues_cannot_hold_the_vmm() {
+    // The guest keeps the rng, balloon (inflate and free-page reporting) and vsock queues full
+    // for ever, re-publishing every buffer the moment the device returns it. Without a budget per
+    // wake the device loop never comes back: the API, pause, snapshot and stop all hang.
+    let dir = scratch("spin-devices");
+    let sock = dir.join("vm.sock");
+    let vsock = dir.join("v.sock");
+    let mut vm = TestVm::start(
+        &[
+            "run",
+            "--api-sock",
+            sock.to_str().unwrap(),
+            "--memory",
+            "128M",
+            "--rng",
+            "--balloon",
+            "free-page-reporting=on",
+            "--vsock",
+            &format!("cid=3,socket={}", vsock.display()),
+            "--cmdline",
+            "spin=rng,balloon,vsock",
+        ],
+        &dir.join("vm.out"),
+    );
+    for dev in ["rng", "balloon", "vsock"] {
+        vm.wait_for(&format!("SPIN {dev} started"), T);
+    }
+    // Every device is being served (its spinner sees used buffers) before the clock starts.
+    let start = Instant::now();
+    while !["rng", "balloon", "vsock"]
+        .iter()
+        .all(|d| served(&vm.output(), d))
+    {
+        assert!(
+            start.elapsed() < T,
+            "a device never served: {}",
+            vm.output()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_api(&sock);
+    // Each operation needs the device loop (pause parks it, snapshot saves the queues): a few
+    // seconds on a loaded 2-core host; a held loop means never.
+    let bound = Duration::from_secs(10);
+    for args in [
+        &["info"][..],
+        &["pause"],
+        &["snapshot", "--path", dir.join("snap").to_str().unwrap()],
+        &["resume"],
+        &["balloon", "8M"],
+        &["info"],
+    ] {
+        let took = timed(args, &sock);
+        assert!(took < bound, "{args:?} took {took:?}: {}", vm.output());
+    }
+    // The snapshot holds the spinning queues and restores whole.
+    let restored_sock = dir.join("restored.sock");
+    let mut restored = TestVm::start(
+        &[
+            "restore",
+            dir.join("snap").to_str().unwrap(),
+            "--api-sock",
+            restored_sock.to_str().unwrap(),
+            "--set",
+            &format!(
+                r#"vsock={{"cid":3,"socket":"{}"}}"#,
+                dir.join("r.sock").display()
+            ),
+        ],
+        &dir.join("restored.out"),
+    );
+    wait_api(&restored_sock);
+    assert!(timed(&["info"], &restored_sock) < bound);
+    restored.kill();
+    // stop: the test guest has no agent, so the grace period runs out and the VM is killed; the
+    // device loop must still answer in time for that.
+    let t = Instant::now();
+    let o = api(&["stop", "--timeout-s", "2"], &sock);
+    // 2: stopped by force, as it must be without an agent.
+    assert_eq!(o.status, Some(2), "{}{}", o.stdout, o.stderr);
+    assert!(
+        vm.wait(Duration::from_secs(15)).is_some(),
+        "{}",
+        vm.output()
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "stop took {:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn a_guest_announcing_its_agent_for_ever_cannot_flood_the_host_log() {
+    // AGENT_HELLO with a different capability set on every call: the host logs every change.
+    let dir = scratch("agent-flood");
+    let sock = dir.join("vm.sock");
+    let began = Instant::now();
+    let mut vm = TestVm::start(
+        &[
+            "run",
+            "--api-sock",
+            sock.to_str().unwrap(),
+            "--cmdline",
+            "agent-flood",
+        ],
+        &dir.join("vm.out"),
+    );
+    vm.wait_for("AGENT-FLOOD started", T);
+    let start = Instant::now();
+    // Run until the guest has made many thousands of calls (at least 5 s).
+    let calls = |out: &str| {
+        out.lines()
+            .filter_map(|l| l.strip_prefix("AGENT-FLOOD calls="))
+            .filter_map(|r| r.split_whitespace().next()?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0)
+    };
+    while calls(&vm.output()) < 20_000 || start.elapsed() < Duration::from_secs(5) {
+        assert!(
+            start.elapsed() < T,
+            "the flood never got going: {}",
+            vm.output()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let secs = began.elapsed().as_secs() + 1;
+    let out = vm.output();
+    let logged = out.matches("guest agent announced itself").count() as u64;
+    // The log's own bound (devices/src/log.rs): a burst of 200, then 20 per second.
+    assert!(
+        logged <= 200 + 20 * secs,
+        "{logged} agent lines in {secs} s for {} calls",
+        calls(&out)
+    );
+    assert!(logged >= 1, "the agent was never logged: {out}");
+    wait_api(&sock);
+    // The flood obeys a power-off request (the test guest checks every 64 calls): 0, graceful.
+    let o = api(&["stop", "--timeout-s", "10"], &sock);
+    assert_eq!(o.status, Some(0), "{}{}", o.stdout, o.stderr);
+    assert!(
+        vm.wait(Duration::from_secs(20)).is_some(),
+        "{}",
+        vm.output()
+    );
+}
