@@ -346,6 +346,33 @@ fn snapshot_files_that_are_not_files_or_loop_are_refused_at_once() {
     refused_fast(&a, "loops back");
 }
 
+#[test]
+fn a_diff_snapshot_cannot_take_its_memory_from_a_snapshot_elsewhere() {
+    // A "victim" snapshot in one place, a diff snapshot from elsewhere naming it as its parent:
+    // restoring the diff would run the victim's memory under the attacker's vCPU state.
+    let dir = scratch("hostile-parent");
+    let victim_dir = dir.join("victims");
+    std::fs::create_dir_all(&victim_dir).unwrap();
+    let victim = idle_snapshot(&victim_dir, "victim");
+    let incoming = dir.join("incoming");
+    std::fs::create_dir_all(&incoming).unwrap();
+    let evil = idle_snapshot(&incoming, "evil");
+    std::fs::write(evil.join("parent"), victim.to_str().unwrap()).unwrap();
+    std::fs::write(evil.join("pages"), []).unwrap();
+    refused_fast(&evil, "outside the directory that holds the snapshot");
+    // The operator can allow it, and a chain within one directory needs nothing.
+    let o = plainvm(
+        &[
+            "restore",
+            evil.to_str().unwrap(),
+            "--allow-dir",
+            victim_dir.to_str().unwrap(),
+        ],
+        Duration::from_secs(3),
+    );
+    assert!(!o.stderr.contains("outside the directory"), "{}", o.dump());
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap().flatten() {

@@ -188,7 +188,7 @@ fn corrupt_truncated_and_foreign_snapshots_are_refused() {
         .unwrap();
     refused_restore(&bad, "truncated");
 
-    refused_restore(&dir.join("missing"), "cannot open state file");
+    refused_restore(&dir.join("missing"), "cannot read state file");
 
     // A guest that saw a CPU feature this host's KVM does not have.
     let bad = dir.join("cpuid");
@@ -210,6 +210,8 @@ fn corrupt_truncated_and_foreign_snapshots_are_refused() {
             e.ecx |= absent;
         }
     }
+    // The state file is created afresh (never written through an existing file or link).
+    std::fs::remove_file(bad.join("state")).unwrap();
     plainvm::snapshot::state_file::write(&bad.join("state"), &st.encode().unwrap()).unwrap();
     refused_restore(&bad, "CPU features this host lacks");
 }

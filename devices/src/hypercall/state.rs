@@ -133,7 +133,11 @@ impl HypercallState {
     /// Bump the generation (after a restore or a migration) and ask the agent to resync time.
     /// Returns the new generation.
     pub fn bump_generation(&self) -> u64 {
-        let g = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        // A saved generation may be anything: wrap rather than overflow.
+        let g = self
+            .generation
+            .fetch_add(1, Ordering::SeqCst)
+            .wrapping_add(1);
         // A full queue already holds work for the agent; it reads GENERATION anyway.
         let _ = self.post(RequestKind::TimeSync);
         g

@@ -283,7 +283,11 @@ impl MmioTransport {
         }
         // Before FEATURES_OK the driver may have written anything; FEATURES_OK then fails
         // again after the restore, as it would have.
-        if s.status & STATUS_FEATURES_OK != 0 && s.driver_features & !self.features != 0 {
+        // An active device was negotiated: what it acked must have been offered, whatever the
+        // saved status says.
+        if (s.active || s.status & STATUS_FEATURES_OK != 0)
+            && s.driver_features & !self.features != 0
+        {
             return Err(PersistError::Features {
                 device_type: self.device_type,
                 features: s.driver_features & !self.features,

@@ -10,7 +10,7 @@ use super::slots::{Admit, Slots};
 use crate::vm::Vm;
 use plainvm_devices::socket_file::{listen, SocketError};
 use std::io::Write;
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +26,17 @@ pub enum ApiServerError {
 
 /// Listen on `path` and serve requests on a new thread for the life of the process.
 pub fn start(path: &Path, vm: Arc<Vm>) -> Result<(), ApiServerError> {
-    let listener = listen(path)?;
+    start_on(bind(path)?, vm)
+}
+
+/// The socket bound, not served yet (a migration's destination binds it before the commit, so
+/// that nothing about the socket can fail after it).
+pub fn bind(path: &Path) -> Result<UnixListener, ApiServerError> {
+    Ok(listen(path)?)
+}
+
+/// Serve requests on `listener` on a new thread for the life of the process.
+pub fn start_on(listener: UnixListener, vm: Arc<Vm>) -> Result<(), ApiServerError> {
     let slots = Slots::new(MAX_CONNECTIONS);
     std::thread::Builder::new()
         .name("api".into())

@@ -182,7 +182,7 @@ pub fn run_receive(args: ReceiveArgs) -> Result<i32, String> {
         args.name.as_deref(),
         args.api_sock.as_deref(),
     );
-    let (vm, reg) = match taken {
+    let (vm, reg, api) = match taken {
         Ok(t) => t,
         Err(e) => {
             incoming.refuse(&e);
@@ -192,9 +192,14 @@ pub fn run_receive(args: ReceiveArgs) -> Result<i32, String> {
     incoming
         .commit()
         .map_err(|e| format!("the source did not commit ({e}); nothing runs here"))?;
-    // Committed: this VM runs here now, whatever happens to the link.
+    // Committed: this VM runs here now, whatever happens to the link. Its API socket is bound
+    // already; if its thread cannot start, the VM runs without an API rather than not at all.
     let vm = Arc::new(vm);
-    super::run::serve(&vm, reg.as_ref(), args.api_sock.as_deref())?;
+    if let Some(listener) = api {
+        if let Err(e) = crate::api::server::start_on(listener, vm.clone()) {
+            plainvm_devices::log_warn!("the VM runs, but without its API: {e}");
+        }
+    }
     let out = vm.run().map_err(|e| e.to_string())?;
     drop(reg);
     match out.reason {
@@ -207,14 +212,22 @@ fn failed(e: impl std::fmt::Display) -> String {
     format!("incoming migration failed, nothing runs here: {e}")
 }
 
-/// Everything before the commit: the offer is checked, the name claimed, memory and state
-/// received and the VM built (not started). Any error here leaves the source running.
+/// What `take` hands on: the VM built, its registry entry, its API socket bound.
+type Taken = (
+    Vm,
+    Option<crate::host::registry::Registration>,
+    Option<std::os::unix::net::UnixListener>,
+);
+
+/// Everything before the commit: the offer is checked, the name claimed, the API socket bound,
+/// memory and state received and the VM built (not started). Any error here leaves the source
+/// running.
 fn take(
     incoming: &mut Incoming,
     admission: &Admission,
     name: Option<&str>,
     api_sock: Option<&Path>,
-) -> Result<(Vm, Option<crate::host::registry::Registration>), String> {
+) -> Result<Taken, String> {
     let incompatible =
         |e: &dyn std::fmt::Display| ReceiveError::Incompatible(e.to_string()).to_string();
     let hello = incoming.hello().map_err(|e| e.to_string())?;
@@ -222,14 +235,20 @@ fn take(
     let cfg: VmConfig = admission
         .admit(hello.config)
         .map_err(|e| incompatible(&e))?;
+    cfg.check().map_err(|e| incompatible(&e))?;
     crate::config::check_memory(cfg.memory_bytes).map_err(|e| incompatible(&e))?;
-    // Claimed before the commit: a name taken meanwhile refuses the VM, the source runs on.
+    // Claimed before the commit: a name or socket taken meanwhile refuses the VM, the source
+    // runs on.
     let reg = super::run::register(name, api_sock, &cfg)?;
+    let api = super::run::api_path(reg.as_ref(), api_sock)
+        .map(|p| crate::api::server::bind(&p))
+        .transpose()
+        .map_err(|e| e.to_string())?;
     let mem = crate::memory::Layout::new(cfg.memory_bytes)
         .create_memory()
         .map_err(|e| incompatible(&e))?;
     let state = incoming.receive_memory(&mem).map_err(|e| e.to_string())?;
     let state = VmState::decode(&state).map_err(|e| e.to_string())?;
     let vm = Vm::restore(&cfg, &state, RestoreMemory::Filled(mem)).map_err(|e| e.to_string())?;
-    Ok((vm, reg))
+    Ok((vm, reg, api))
 }

@@ -167,15 +167,20 @@ pub fn run(args: RunArgs, start: Instant) -> Result<i32, String> {
 pub fn restore(args: RestoreArgs, start: Instant) -> Result<i32, String> {
     let bytes = crate::snapshot::load_state(&args.dir).map_err(|e| e.to_string())?;
     let state = VmState::decode(&bytes).map_err(|e| e.to_string())?;
-    let cfg = Admission::new(&args.set, &args.allow_dir, &args.allow_tap)
-        .and_then(|a| a.admit(state.config.clone()))
+    let admission =
+        Admission::new(&args.set, &args.allow_dir, &args.allow_tap).map_err(|e| e.to_string())?;
+    let cfg = admission
+        .admit(state.config.clone())
         .map_err(|e| e.to_string())?;
     cfg.check()
         .map_err(|e| format!("the snapshot's configuration cannot be used here: {e}"))?;
     let reg = register(args.name.as_deref(), args.api_sock.as_deref(), &cfg)?;
+    // The whole chain of parents is checked before anything is registered or opened.
+    crate::snapshot::parent_chain(&args.dir, admission.allow_dirs()).map_err(|e| e.to_string())?;
     let memory = RestoreMemory::Snapshot {
         dir: args.dir.clone(),
         copy: args.copy_memory,
+        roots: admission.allow_dirs().to_vec(),
     };
     let vm = Arc::new(Vm::restore(&cfg, &state, memory).map_err(|e| e.to_string())?);
     drop(state);
@@ -209,13 +214,16 @@ pub fn serve(
     reg: Option<&Registration>,
     api_sock: Option<&Path>,
 ) -> Result<(), String> {
-    let sock = reg
-        .map(|r| r.api_sock().to_path_buf())
-        .or(api_sock.map(Path::to_path_buf));
-    match sock {
+    match api_path(reg, api_sock) {
         Some(s) => api::server::start(&s, vm.clone()).map_err(|e| e.to_string()),
         None => Ok(()),
     }
+}
+
+/// Where the VM's API socket goes: the registry's, else `--api-sock`, else none.
+pub fn api_path(reg: Option<&Registration>, api_sock: Option<&Path>) -> Option<PathBuf> {
+    reg.map(|r| r.api_sock().to_path_buf())
+        .or(api_sock.map(Path::to_path_buf))
 }
 
 /// Turn a finished run into an exit status, printing the timing report with `verbose`.

@@ -67,7 +67,7 @@ impl Admission {
         let mut cfg = self.overrides.apply(saved)?;
         let o = &self.overrides;
         for (i, d) in cfg.disks.iter().enumerate() {
-            if !o.sets("disks", Some(i), "path") && !self.dir_allows(&d.path) {
+            if !o.sets("disks", Some(i), "path") && !self.image_allowed(&d.path) {
                 return Err(not_allowed(
                     "the disk image",
                     &d.path,
@@ -101,12 +101,33 @@ impl Admission {
             );
             cfg.cpu_affinity.clear();
         }
+        // Page merging shares this VM's memory with other VMs' (a side channel between them):
+        // the host's operator decides, not the snapshot or the stream.
+        if !o.sets_key("memory_merge") && cfg.memory_merge {
+            plainvm_devices::log_line!(
+                "the saved memory_merge is not used here (give --set memory_merge=true to merge pages)"
+            );
+            cfg.memory_merge = false;
+        }
         Ok(cfg)
+    }
+
+    /// The allowed directories (canonical), e.g. where a diff snapshot's parents may lie.
+    pub fn allow_dirs(&self) -> &[PathBuf] {
+        &self.allow_dirs
     }
 
     /// True when `path` (an existing file) lies under an allowed directory, symlinks resolved.
     fn dir_allows(&self, path: &Path) -> bool {
         std::fs::canonicalize(path).is_ok_and(|p| self.allow_dirs.iter().any(|d| p.starts_with(d)))
+    }
+
+    /// True when `path` is a regular file under an allowed directory, named without symlinks
+    /// (a device node, or a link an allowed directory's writer planted, is not an image).
+    fn image_allowed(&self, path: &Path) -> bool {
+        let plain = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file());
+        let canonical = std::fs::canonicalize(path).is_ok_and(|c| c == path);
+        plain && canonical && self.dir_allows(path)
     }
 
     /// True when the socket `path` (which may not exist yet) would be in an allowed directory.
@@ -198,6 +219,23 @@ mod tests {
         }
         std::os::unix::fs::symlink("/etc/passwd", d.join("images/link.img")).unwrap();
         assert!(ok.admit(saved(&d.join("images/link.img"), &sock)).is_err());
+        // Even a link to an allowed image, or a device node, inside the allowed directory: the
+        // link could be turned elsewhere later, the node is a host disk.
+        std::os::unix::fs::symlink(&img, d.join("images/same.img")).unwrap();
+        assert!(ok.admit(saved(&d.join("images/same.img"), &sock)).is_err());
+        let node = d.join("images/null.img");
+        let c = std::ffi::CString::new(node.to_str().unwrap()).unwrap();
+        // SAFETY: mknod reads a NUL-terminated path we own; /dev/null's numbers (1, 3).
+        let made = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 3)) };
+        if made == 0 {
+            assert!(ok.admit(saved(&node, &sock)).is_err());
+        }
+        // Page merging is the operator's choice.
+        let mut merging = cfg.clone();
+        merging.memory_merge = true;
+        assert!(!ok.admit(merging.clone()).unwrap().memory_merge);
+        let merge_set = Admission::new(&["memory_merge=true".to_string()], &dirs, &taps).unwrap();
+        assert!(merge_set.admit(merging).unwrap().memory_merge);
         assert!(ok.admit(saved(&img, Path::new("/etc/x.sock"))).is_err());
         // A tap outside the allowed names.
         let mut c = cfg.clone();

@@ -4,16 +4,16 @@
 use crate::config::VmConfig;
 use serde_json::Value;
 
-/// The configuration keys `--set` may change: taps, disk images, the vsock socket, host CPUs.
-/// Everything else is part of what the guest saw and must stay as saved.
-pub const KEYS: [&str; 4] = ["nets", "disks", "vsock", "cpu_affinity"];
+/// The configuration keys `--set` may change: taps, disk images, the vsock socket, host CPUs,
+/// page merging (KSM). Everything else is part of what the guest saw and must stay as saved.
+pub const KEYS: [&str; 5] = ["nets", "disks", "vsock", "cpu_affinity", "memory_merge"];
 
 /// A `--set` that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum OverrideError {
     #[error("--set takes KEY=JSON, got '{0}'")]
     Syntax(String),
-    #[error("--set {0}: only {keys} can change when a VM is restored or moves (they name host resources)", keys = KEYS.join(", "))]
+    #[error("--set {0}: only {keys} can change when a VM is restored or moves (they are this host's resources)", keys = KEYS.join(", "))]
     Key(String),
     #[error("--set {key}: the value is not JSON: {source}")]
     Json {

@@ -95,6 +95,23 @@ pub struct Channel {
     pub bytes_sent: u64,
 }
 
+/// Longest peer error text shown.
+const MAX_PEER_TEXT: usize = 1000;
+
+/// The peer's error text as it may be printed on our terminal: no control characters (escape
+/// sequences), at most `MAX_PEER_TEXT` characters.
+fn printable(text: &[u8]) -> String {
+    let mut s: String = String::from_utf8_lossy(text)
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .take(MAX_PEER_TEXT)
+        .collect();
+    if text.len() > s.len() {
+        s.push_str(" [...]");
+    }
+    s
+}
+
 /// Fresh random bytes from the kernel.
 fn random_nonce() -> std::io::Result<[u8; NONCE_LEN]> {
     let mut n = [0u8; NONCE_LEN];
@@ -289,8 +306,12 @@ impl Channel {
         let mut header = [0u8; 12];
         header[0] = kind as u8;
         header[4..8].copy_from_slice(&(wire_len as u32).to_le_bytes());
+        // The counter moves on before anything is written: a frame that failed half-way may be
+        // on the wire already, and the next one (an Error frame) must not reuse its nonce.
+        let counter = self.sent;
+        self.sent += 1;
         if let Some(cipher) = &self.send_cipher {
-            let nonce = Self::nonce(self.sent);
+            let nonce = Self::nonce(counter);
             cipher
                 .encrypt_in_place(&nonce, &header[..8], &mut self.buf)
                 .map_err(|_| FrameError::Auth)?;
@@ -298,7 +319,6 @@ impl Channel {
         header[8..12].copy_from_slice(&crc32fast::hash(&self.buf).to_le_bytes());
         self.w.write_all(&header)?;
         self.w.write_all(&self.buf)?;
-        self.sent += 1;
         self.bytes_sent += wire_len as u64 + 12;
         Ok(())
     }
@@ -340,9 +360,7 @@ impl Channel {
         }
         self.received += 1;
         if kind == Kind::Error {
-            return Err(FrameError::Peer(
-                String::from_utf8_lossy(&payload).into_owned(),
-            ));
+            return Err(FrameError::Peer(printable(&payload)));
         }
         Ok((kind, payload))
     }

@@ -103,9 +103,16 @@ pub fn create(
 
 /// Put a snapshot's memory into `mem` (fresh anonymous guest memory): the memory file is mapped
 /// over it copy-on-write, so pages load lazily when the guest touches them (with `copy`, it is
-/// read in up front instead); diff snapshots are applied on top of their parents.
-pub fn load_memory(dir: &Path, mem: &GuestRam, copy: bool) -> Result<(), SnapshotError> {
-    let chain = parent_chain(dir)?;
+/// read in up front instead); diff snapshots are applied on top of their parents, which must lie
+/// beside `dir` (in the directory that holds it) or under one of `roots` (the operator's
+/// `--allow-dir`s): a snapshot from elsewhere cannot name another VM's snapshot as its parent.
+pub fn load_memory(
+    dir: &Path,
+    roots: &[PathBuf],
+    mem: &GuestRam,
+    copy: bool,
+) -> Result<(), SnapshotError> {
+    let chain = parent_chain(dir, roots)?;
     let (base, diffs) = chain.split_last().unwrap_or((&chain[0], &[]));
     memory_file::load(&base.join(MEMORY_FILE), mem, copy)?;
     for d in diffs.iter().rev() {
@@ -115,15 +122,19 @@ pub fn load_memory(dir: &Path, mem: &GuestRam, copy: bool) -> Result<(), Snapsho
 }
 
 /// `dir` and its parents, newest first, ending with a full snapshot. The chain is bounded and
-/// may not loop back on itself; each parent is named by an absolute path.
-fn parent_chain(dir: &Path) -> Result<Vec<PathBuf>, SnapshotError> {
+/// may not loop back on itself; each parent is named by an absolute path, and must lie in the
+/// directory that holds `dir` or under one of `roots` (symlinks resolved).
+pub fn parent_chain(dir: &Path, roots: &[PathBuf]) -> Result<Vec<PathBuf>, SnapshotError> {
     let bad = |path: &Path, why: String| SnapshotError::Io {
         what: "follow the parent of",
         path: path.to_path_buf(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, why),
     };
     let mut chain = vec![dir.to_path_buf()];
-    let mut seen = vec![std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())];
+    let here = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let mut allowed: Vec<PathBuf> = roots.to_vec();
+    allowed.extend(here.parent().map(Path::to_path_buf));
+    let mut seen = vec![here];
     loop {
         let at = chain.last().cloned().unwrap_or_default();
         let parent_file = at.join(PARENT_FILE);
@@ -145,7 +156,24 @@ fn parent_chain(dir: &Path) -> Result<Vec<PathBuf>, SnapshotError> {
                 format!("the parent {} is not an absolute path", parent.display()),
             ));
         }
-        let canonical = std::fs::canonicalize(&parent).unwrap_or_else(|_| parent.clone());
+        let canonical = std::fs::canonicalize(&parent).map_err(|e| {
+            bad(
+                &at,
+                format!(
+                    "its parent snapshot {} cannot be found: {e}",
+                    parent.display()
+                ),
+            )
+        })?;
+        if !allowed.iter().any(|r| canonical.starts_with(r)) {
+            return Err(bad(
+                &at,
+                format!(
+                    "its parent {} lies outside the directory that holds the snapshot: move the chain into one directory, or allow the parent's with --allow-dir",
+                    parent.display()
+                ),
+            ));
+        }
         if seen.contains(&canonical) {
             return Err(bad(
                 &at,
@@ -158,8 +186,8 @@ fn parent_chain(dir: &Path) -> Result<Vec<PathBuf>, SnapshotError> {
                 format!("more than {MAX_CHAIN} diff snapshots in a chain: take a full snapshot"),
             ));
         }
-        seen.push(canonical);
-        chain.push(parent);
+        seen.push(canonical.clone());
+        chain.push(canonical);
     }
 }
 

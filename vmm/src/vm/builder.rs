@@ -26,8 +26,13 @@ const KVM_TSS_ADDR: usize = 0xfffb_d000;
 
 /// Where a restored VM's memory comes from.
 pub enum RestoreMemory {
-    /// A snapshot directory; `copy` reads it all up front instead of mapping it lazily.
-    Snapshot { dir: PathBuf, copy: bool },
+    /// A snapshot directory; `copy` reads it all up front instead of mapping it lazily; `roots`
+    /// are where its parents may lie besides the directory that holds it (`--allow-dir`).
+    Snapshot {
+        dir: PathBuf,
+        copy: bool,
+        roots: Vec<PathBuf>,
+    },
     /// Memory already filled in (by an incoming migration).
     Filled(GuestRam),
 }
@@ -59,9 +64,9 @@ impl KvmVm {
         // Memory slots go in before the irqchip: registering them after is ~50x slower on some
         // hosts.
         let slots = MemorySlots::register(&fd, &mem)?;
-        if let Some(RestoreMemory::Snapshot { dir, copy }) = from {
+        if let Some(RestoreMemory::Snapshot { dir, copy, roots }) = from {
             // After the slots: KVM registers a slot over a file mapping far more slowly.
-            snapshot::load_memory(dir, &mem, *copy)?;
+            snapshot::load_memory(dir, roots, &mem, *copy)?;
         }
         fd.set_tss_address(KVM_TSS_ADDR)
             .map_err(kvm_err("set the TSS address"))?;
