@@ -66,14 +66,18 @@ impl Admission {
     pub fn admit(&self, saved: VmConfig) -> Result<VmConfig, AdmissionError> {
         let mut cfg = self.overrides.apply(saved)?;
         let o = &self.overrides;
-        for (i, d) in cfg.disks.iter().enumerate() {
-            if !o.sets("disks", Some(i), "path") && !self.image_allowed(&d.path) {
+        for (i, d) in cfg.disks.iter_mut().enumerate() {
+            if o.sets("disks", Some(i), "path") {
+                continue;
+            }
+            if !self.image_allowed(&d.path) {
                 return Err(not_allowed(
                     "the disk image",
                     &d.path,
                     "disks=[{\"path\":\"IMG\"}]",
                 ));
             }
+            d.admitted_by_dir = true;
         }
         for (i, n) in cfg.nets.iter().enumerate() {
             if !o.sets("nets", Some(i), "tap") && !self.tap_allows(&n.tap) {
@@ -179,6 +183,7 @@ mod tests {
                 path: disk.to_path_buf(),
                 readonly: false,
                 id: None,
+                admitted_by_dir: false,
             }],
             vsock: Some(VsockConfig {
                 cid: 3,

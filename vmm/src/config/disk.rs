@@ -14,6 +14,10 @@ pub struct DiskConfig {
     pub readonly: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// Set by admission when a saved configuration's image was allowed by `--allow-dir`: it is
+    /// then opened only as a regular file reached without symlinks (never saved or sent).
+    #[serde(skip)]
+    pub admitted_by_dir: bool,
 }
 
 /// A disk description that cannot be used.

@@ -289,6 +289,7 @@ mod tests {
                 path: "/d.img".into(),
                 readonly: false,
                 id: None,
+                admitted_by_dir: false,
             }],
             vsock: None,
             balloon: None,

@@ -121,6 +121,7 @@ mod tests {
                 path: "/a.img".into(),
                 readonly: false,
                 id: Some("root".into()),
+                admitted_by_dir: false,
             }],
             vsock: None,
             balloon: None,

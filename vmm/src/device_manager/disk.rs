@@ -26,7 +26,7 @@ pub fn attach_all(
     slots: &mut VirtioSlots,
 ) -> Result<(), DiskError> {
     for d in disks {
-        let blk = Block::new(&d.path, d.readonly, d.id.as_deref())?;
+        let blk = Block::open(&d.path, d.readonly, d.id.as_deref(), d.admitted_by_dir)?;
         let evts = blk.queue_evts().map_err(BlockError::EventFd)?;
         slots.attach(vm, mem, mmio, events, blk, evts)?;
     }

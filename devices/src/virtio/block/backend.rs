@@ -21,6 +21,8 @@ pub enum BackendError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("disk image {0} came from a saved configuration and is not a regular file named without symlinks (it changed after it was allowed): nothing was opened")]
+    NotPlain(PathBuf),
 }
 
 /// An open raw image.
@@ -29,6 +31,39 @@ pub struct RawFile {
     file: File,
     size: u64,
     read_only: bool,
+}
+
+/// Open `path` without following a symlink in any of its components.
+fn open_no_symlinks(path: &Path, read_only: bool) -> std::io::Result<File> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::io::FromRawFd;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let access = if read_only {
+        libc::O_RDONLY
+    } else {
+        libc::O_RDWR
+    };
+    // SAFETY: open_how is plain data; all-zero is its documented default.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (access | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64;
+    how.resolve = libc::RESOLVE_NO_SYMLINKS;
+    // SAFETY: openat2 reads the NUL-terminated path and `how` (its size given), both alive for
+    // the call, and returns a new descriptor or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a descriptor openat2 just returned, owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd as i32) })
 }
 
 /// Upper bound on iovecs per system call (Linux IOV_MAX).
@@ -46,21 +81,35 @@ enum Op {
 impl RawFile {
     /// Opens `path` for reading (and writing unless `read_only`).
     pub fn open(path: &Path, read_only: bool) -> Result<Self, BackendError> {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .open(path)
-            .map_err(|source| {
-                if path.is_dir() {
-                    return BackendError::Directory(path.to_path_buf());
-                }
-                BackendError::Open {
-                    path: path.to_path_buf(),
-                    source,
-                }
-            })?;
+        Self::open_with(path, read_only, false)
+    }
+
+    /// `open`; with `plain`, only a regular file reached without following any symlink
+    /// (`openat2` with `RESOLVE_NO_SYMLINKS`): an image a saved configuration named, checked when
+    /// it was admitted, cannot have been swapped for a link or a device since.
+    pub fn open_with(path: &Path, read_only: bool, plain: bool) -> Result<Self, BackendError> {
+        let opened = if plain {
+            open_no_symlinks(path, read_only)
+        } else {
+            OpenOptions::new().read(true).write(!read_only).open(path)
+        };
+        let mut file = opened.map_err(|source| {
+            if plain && source.raw_os_error() == Some(libc::ELOOP) {
+                return BackendError::NotPlain(path.to_path_buf());
+            }
+            if path.is_dir() {
+                return BackendError::Directory(path.to_path_buf());
+            }
+            BackendError::Open {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
         if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
             return Err(BackendError::Directory(path.to_path_buf()));
+        }
+        if plain && !file.metadata().is_ok_and(|m| m.file_type().is_file()) {
+            return Err(BackendError::NotPlain(path.to_path_buf()));
         }
         // Seeking to the end works for regular files and block devices alike.
         let size = file
@@ -229,5 +278,28 @@ mod tests {
         assert!(e.to_string().contains("/nonexistent/disk.img"), "{e}");
         let e = RawFile::open(Path::new("/tmp"), true).unwrap_err();
         assert!(matches!(e, BackendError::Directory(_)), "{e}");
+    }
+
+    #[test]
+    fn a_plain_open_refuses_links_anywhere_and_devices() {
+        let dir = std::env::temp_dir().join(format!("plainvm-plain-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("real")).unwrap();
+        let img = dir.join("real/a.img");
+        std::fs::write(&img, [0u8; 4096]).unwrap();
+        assert_eq!(RawFile::open_with(&img, false, true).unwrap().size(), 4096);
+        // The image swapped for a link (what a writer of the allowed directory could do after
+        // admission), or a directory on the way swapped for one.
+        std::os::unix::fs::symlink(&img, dir.join("link.img")).unwrap();
+        std::os::unix::fs::symlink(dir.join("real"), dir.join("dirlink")).unwrap();
+        for p in [dir.join("link.img"), dir.join("dirlink/a.img")] {
+            let e = RawFile::open_with(&p, false, true).unwrap_err();
+            assert!(matches!(e, BackendError::NotPlain(_)), "{e}");
+            // The operator's own path may go through links.
+            assert!(RawFile::open_with(&p, false, false).is_ok());
+        }
+        let e = RawFile::open_with(Path::new("/dev/null"), true, true).unwrap_err();
+        assert!(matches!(e, BackendError::NotPlain(_)), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

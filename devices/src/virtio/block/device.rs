@@ -75,6 +75,17 @@ struct Active {
 impl Block {
     /// A device serving the image at `path`; `id` is what `VIRTIO_BLK_T_GET_ID` returns.
     pub fn new(path: &Path, read_only: bool, id: Option<&str>) -> Result<Self, BlockError> {
+        Self::open(path, read_only, id, false)
+    }
+
+    /// `new`; with `plain`, the image must be a regular file reached without any symlink (see
+    /// `RawFile::open_with`).
+    pub fn open(
+        path: &Path,
+        read_only: bool,
+        id: Option<&str>,
+        plain: bool,
+    ) -> Result<Self, BlockError> {
         let mut id_bytes = [0u8; ID_BYTES];
         if let Some(id) = id {
             if id.len() > ID_BYTES {
@@ -82,7 +93,7 @@ impl Block {
             }
             id_bytes[..id.len()].copy_from_slice(id.as_bytes());
         }
-        let backend = RawFile::open(path, read_only)?;
+        let backend = RawFile::open_with(path, read_only, plain)?;
         Self::with_backend(backend, id_bytes)
     }
 
