@@ -265,3 +265,51 @@ fn run_replaces_a_stale_socket_but_never_removes_anything_else() {
     wait_api(&sock, &vm);
     still_answers(&mut vm, &sock);
 }
+
+#[test]
+fn the_cli_sends_nothing_to_a_socket_served_by_another_user() {
+    // Another user binds a socket where the CLI is pointed (e.g. a world-writable directory)
+    // and records what it gets: a `migrate` request would hand it the migration key.
+    let dir = scratch("api-stranger");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let sock = dir.join("vm.sock");
+    let got = dir.join("got");
+    let script = format!(
+        "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.bind('{}')\ns.listen(1)\nprint('ready',flush=True)\nc,_=s.accept()\nc.settimeout(5)\nd=b''\ntry:\n    d=c.recv(65536)\nexcept Exception:\n    pass\nopen('{}','wb').write(d)\n",
+        sock.display(),
+        got.display()
+    );
+    let mut server = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+        ])
+        .arg(&script)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("setpriv (util-linux)");
+    let mut line = [0u8; 6];
+    server.stdout.take().unwrap().read_exact(&mut line).unwrap();
+    let key = dir.join("key");
+    std::fs::write(&key, [7u8; 32]).unwrap();
+    let o = plainvm(
+        &[
+            "migrate",
+            "--api-sock",
+            sock.to_str().unwrap(),
+            "--to",
+            "tcp:127.0.0.1:9",
+            "--key",
+            key.to_str().unwrap(),
+        ],
+        T,
+    );
+    assert_ne!(o.status, Some(0), "{}", o.dump());
+    assert!(o.stderr.contains("neither root nor you"), "{}", o.dump());
+    let _ = server.wait();
+    let sent = std::fs::read(&got).unwrap_or_default();
+    assert!(sent.is_empty(), "the CLI sent {} bytes", sent.len());
+}

@@ -135,4 +135,3 @@ fn bad_disk_input_is_refused_with_a_clear_error() {
     assert_ne!(o.status, Some(0), "{}", o.dump());
     assert!(o.stderr.contains("empty path"), "{}", o.dump());
 }
-

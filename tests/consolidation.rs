@@ -524,4 +524,3 @@ fn ksm_merges_ten_identical_guests_marked_mergeable() {
         saved >> 10
     );
 }
-

@@ -18,10 +18,40 @@ pub enum ClientError {
     },
     #[error("API request failed: {0}")]
     Io(std::io::Error),
+    #[error("the process serving {path} runs as user {uid}, neither root nor you: not sending it anything (is --api-sock the VM's socket?)")]
+    Stranger { path: PathBuf, uid: u32 },
     #[error("the API answered something that is not HTTP + JSON: {0}")]
     BadResponse(String),
     #[error("{message}")]
     Api { status: u16, message: String },
+}
+
+/// Longest answer read (ours are a few KiB).
+const MAX_ANSWER: u64 = 16 << 20;
+
+/// The user id of the process at the other end of `s` (SO_PEERCRED).
+fn peer_uid(s: &UnixStream) -> std::io::Result<u32> {
+    use std::os::unix::io::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, which lives across the call.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cred.uid)
 }
 
 /// Send `method path` with an optional typed `body`; read the 2xx answer as an `R`.
@@ -48,6 +78,16 @@ pub fn request<B: Serialize>(
         path: sock.to_path_buf(),
         source,
     })?;
+    // A request may carry a secret (a migration key): only to a server run by root or by us.
+    let uid = peer_uid(&s).map_err(ClientError::Io)?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if uid != 0 && uid != me {
+        return Err(ClientError::Stranger {
+            path: sock.to_path_buf(),
+            uid,
+        });
+    }
     s.set_read_timeout(Some(timeout)).map_err(ClientError::Io)?;
     let body = match body {
         Some(b) => serde_json::to_string(b).map_err(|e| ClientError::BadResponse(e.to_string()))?,
@@ -61,7 +101,7 @@ pub fn request<B: Serialize>(
     // request: the write, or the read after the answer, may fail with the answer there to read.
     let written = s.write_all(req.as_bytes());
     let mut raw = Vec::new();
-    let read = s.read_to_end(&mut raw);
+    let read = (&mut s).take(MAX_ANSWER).read_to_end(&mut raw);
     if !raw.windows(4).any(|w| w == b"\r\n\r\n") {
         written.map_err(ClientError::Io)?;
         read.map_err(ClientError::Io)?;
