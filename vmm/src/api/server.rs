@@ -31,6 +31,8 @@ pub fn start(path: &Path, vm: Arc<Vm>) -> Result<(), ApiServerError> {
     std::thread::Builder::new()
         .name("api".into())
         .spawn(move || {
+            // The request threads it starts inherit this filter.
+            crate::seccomp::install_or_exit(crate::seccomp::ThreadKind::Api);
             for conn in listener.incoming() {
                 match conn {
                     Ok(stream) => accept(stream, &slots, &vm),
@@ -54,6 +56,7 @@ fn accept(stream: UnixStream, slots: &Arc<Slots>, vm: &Arc<Vm>) {
     let _ = std::thread::Builder::new()
         .name("api-request".into())
         .spawn(move || {
+            crate::seccomp::inherited(crate::seccomp::ThreadKind::Api);
             conn::answer(&stream, &slot, REQUEST_TIME, &Limits::API, |r| {
                 route(&r.method, &r.path, &r.body, &vm)
             });

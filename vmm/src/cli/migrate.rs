@@ -74,6 +74,11 @@ pub struct ReceiveArgs {
     /// The incoming VM may name tap NAME (repeatable; `tap*` allows a prefix).
     #[arg(long, value_name = "NAME")]
     pub allow_tap: Vec<String>,
+    /// Seccomp filters on the VMM's threads: on (the default) or off; the incoming
+    /// configuration cannot turn them off. Off is for debugging a filter that stops a
+    /// legitimate call only: it removes a layer of protection.
+    #[arg(long, value_name = "on|off")]
+    pub seccomp: Option<crate::config::Seccomp>,
 }
 
 /// `--on-timeout`.
@@ -85,8 +90,10 @@ pub enum OnTimeoutArg {
 
 /// Start a migration through the VM's API and show its progress until it ends.
 pub fn migrate(sock: &Path, args: &MigrateArgs) -> Result<i32, String> {
+    // Resolved here: the VMM's API thread is filtered and takes addresses only.
+    let to = crate::migration::parse_tcp(&args.to).map_err(|e| e.to_string())?;
     let body = MigrateRequest {
-        to: args.to.clone(),
+        to: format!("tcp:{to}"),
         downtime_ms: args.downtime_ms,
         timeout_s: args.timeout_s,
         on_timeout: match args.on_timeout {
@@ -164,6 +171,7 @@ fn progress_line(p: &Progress, t: Duration) -> String {
 
 /// Wait for an incoming VM and run it; returns its exit status.
 pub fn run_receive(args: ReceiveArgs) -> Result<i32, String> {
+    super::run::filters(args.seccomp)?;
     let listen = crate::migration::parse_listen(&args.listen).map_err(|e| e.to_string())?;
     let key = args
         .key
