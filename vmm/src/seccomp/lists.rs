@@ -167,6 +167,9 @@ pub fn event_loop() -> Rules {
             SYS_epoll_wait,
             SYS_epoll_pwait,
             SYS_epoll_ctl,
+            // The hypercall watch re-arms its heartbeat timer.
+            SYS_timerfd_settime,
+            SYS_timerfd_gettime,
             SYS_accept4,
             SYS_connect,
             SYS_mincore,
