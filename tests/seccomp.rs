@@ -261,3 +261,46 @@ fn a_bad_setting_is_refused() {
     assert_ne!(o.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&o.stderr).contains("names no kind of thread"));
 }
+
+#[test]
+fn a_forbidden_call_while_receiving_a_migration_ends_the_destination_only() {
+    let dir = scratch("seccomp-selftest-receive");
+    let port = 35000 + (std::process::id() % 5000) as u16;
+    let listen = format!("tcp:127.0.0.1:{port}");
+    let dst = TestVm::start_env(
+        &[
+            "receive",
+            "--listen",
+            &listen,
+            "--insecure",
+            "--allow-dir",
+            dir.to_str().unwrap(),
+        ],
+        &dir.join("dst.out"),
+        &[("PLAINVM_SECCOMP_SELFTEST", "migration-receive")],
+    );
+    dst.wait_for("waiting for a migration", T);
+    let (sock, mut src) = idle_vm(&dir, &[], &[]);
+    wait_api(&sock, &mut src);
+    let m = plainvm(
+        &[
+            "migrate",
+            "--api-sock",
+            sock.to_str().unwrap(),
+            "--to",
+            &listen,
+        ],
+        T,
+    );
+    assert_ne!(m.status, Some(0), "{}", m.dump());
+    let (status, out) = dst.finish(T);
+    assert_eq!(status, Some(KILLED_BY_FILTER), "{out}");
+    assert!(
+        out.contains(
+            "thread migration-recv (migration-receive) made forbidden system call 101 (ptrace)"
+        ),
+        "{out}"
+    );
+    // The source runs on.
+    assert_eq!(info(&sock)["state"], "Running");
+}

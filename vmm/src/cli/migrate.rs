@@ -197,8 +197,7 @@ pub fn run_receive(args: ReceiveArgs) -> Result<i32, String> {
             return Err(failed(e));
         }
     };
-    incoming
-        .commit()
+    filtered(|| incoming.commit())?
         .map_err(|e| format!("the source did not commit ({e}); nothing runs here"))?;
     // Committed: this VM runs here now, whatever happens to the link.
     let vm = Arc::new(vm);
@@ -209,6 +208,23 @@ pub fn run_receive(args: ReceiveArgs) -> Result<i32, String> {
         crate::host::exit::ExitReason::Crash(msg) => Err(msg),
         r => Ok(r.status()),
     }
+}
+
+/// Run `f` (a step that reads the incoming stream) on a thread of its own under the
+/// `migration-receive` filter: the main thread is still setting the VM up, unfiltered.
+fn filtered<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T, String> {
+    use crate::seccomp::{install, ThreadKind};
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("migration-recv".into())
+            .spawn_scoped(s, || {
+                install(ThreadKind::MigrationReceive).map_err(|e| e.to_string())?;
+                Ok(f())
+            })
+            .map_err(|e| format!("cannot start the thread that reads the migration: {e}"))?
+            .join()
+            .map_err(|_| "the thread that reads the migration failed".to_string())?
+    })
 }
 
 fn failed(e: impl std::fmt::Display) -> String {
@@ -225,7 +241,7 @@ fn take(
 ) -> Result<(Vm, Option<crate::host::registry::Registration>), String> {
     let incompatible =
         |e: &dyn std::fmt::Display| ReceiveError::Incompatible(e.to_string()).to_string();
-    let hello = incoming.hello().map_err(|e| e.to_string())?;
+    let hello = filtered(|| incoming.hello())?.map_err(|e| e.to_string())?;
     crate::vcpu::cpuid::check_cpuid(&hello.cpuid).map_err(|e| incompatible(&e))?;
     let cfg: VmConfig = admission
         .admit(hello.config)
@@ -236,7 +252,7 @@ fn take(
     let mem = crate::memory::Layout::new(cfg.memory_bytes)
         .create_memory()
         .map_err(|e| incompatible(&e))?;
-    let state = incoming.receive_memory(&mem).map_err(|e| e.to_string())?;
+    let state = filtered(|| incoming.receive_memory(&mem))?.map_err(|e| e.to_string())?;
     let state = VmState::decode(&state).map_err(|e| e.to_string())?;
     let vm = Vm::restore(&cfg, &state, RestoreMemory::Filled(mem)).map_err(|e| e.to_string())?;
     Ok((vm, reg))

@@ -225,6 +225,13 @@ pub fn throttle() -> Rules {
     common()
 }
 
+/// `receive` reading the incoming stream into fresh guest memory: the connection accepted at
+/// setup (reads, writes, time-outs), nothing else. The stream is the most hostile input plainvm
+/// takes before the VM runs.
+pub fn migration_receive() -> Rules {
+    common().merge(sockets()).allow(&[SYS_read])
+}
+
 /// System calls every thread gets as ENOSYS instead of running them (through a second filter,
 /// whose ERRNO answer wins over the first one's ALLOW): io_uring, and clone3.
 pub fn enosys() -> Rules {

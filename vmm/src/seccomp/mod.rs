@@ -38,7 +38,7 @@ pub enum SeccompError {
     },
     #[error(transparent)]
     Sigsys(#[from] sigsys::SigsysError),
-    #[error("{SELFTEST_ENV}={0} names no kind of thread: use vcpu, event-loop, api, block-io or throttle")]
+    #[error("{SELFTEST_ENV}={0} names no kind of thread: use vcpu, event-loop, api, block-io, throttle or migration-receive")]
     BadSelftest(String),
 }
 
@@ -55,16 +55,19 @@ pub enum ThreadKind {
     BlockIo,
     /// `throttle`: a migration's auto-converge.
     Throttle,
+    /// `migration-recv`: `receive` reading the incoming stream (handshake, memory, commit).
+    MigrationReceive,
 }
 
 impl ThreadKind {
     /// Every kind.
-    pub const ALL: [ThreadKind; 5] = [
+    pub const ALL: [ThreadKind; 6] = [
         Self::Vcpu,
         Self::EventLoop,
         Self::Api,
         Self::BlockIo,
         Self::Throttle,
+        Self::MigrationReceive,
     ];
 
     /// The kind's name in reports and in `PLAINVM_SECCOMP_SELFTEST`.
@@ -75,6 +78,7 @@ impl ThreadKind {
             Self::Api => "api",
             Self::BlockIo => "block-io",
             Self::Throttle => "throttle",
+            Self::MigrationReceive => "migration-receive",
         }
     }
 
@@ -91,6 +95,7 @@ impl ThreadKind {
             Self::Api => lists::api(),
             Self::BlockIo => lists::block_io(),
             Self::Throttle => lists::throttle(),
+            Self::MigrationReceive => lists::migration_receive(),
         }
     }
 }
