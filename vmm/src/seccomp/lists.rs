@@ -42,6 +42,9 @@ pub fn common() -> Rules {
             2,
             &[MADV_DONTNEED as u64, MADV_FREE as u64, MADV_DONTDUMP as u64],
         )
+        // Closing an OwnedFd in a debug build first checks it is open (F_GETFD): a thread that
+        // drops the last handle of a file, socket or eventfd does this.
+        .allow_values(SYS_fcntl, 1, &[F_GETFD as u64])
         // abort(): it resets SIGABRT's handler before raising it again.
         .allow_values(SYS_rt_sigaction, 0, &[SIGABRT as u64])
         // raise(SIGABRT) in abort(); the vCPU kick is a real-time signal.
