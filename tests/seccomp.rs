@@ -304,3 +304,40 @@ fn a_forbidden_call_while_receiving_a_migration_ends_the_destination_only() {
     // The source runs on.
     assert_eq!(info(&sock)["state"], "Running");
 }
+
+#[test]
+fn a_restored_vm_is_filtered_whatever_its_snapshot_says() {
+    let dir = scratch("seccomp-restore");
+    let (sock, mut vm) = idle_vm(&dir, &["--seccomp", "off"], &[]);
+    wait_api(&sock, &mut vm);
+    let snap = dir.join("snap");
+    let o = plainvm(
+        &[
+            "snapshot",
+            "--api-sock",
+            sock.to_str().unwrap(),
+            "--path",
+            snap.to_str().unwrap(),
+        ],
+        T,
+    );
+    assert_eq!(o.status, Some(0), "{}", o.dump());
+    drop(vm);
+    // The source ran unfiltered; the restored VM is filtered unless its own operator says off.
+    let sock2 = dir.join("restored.sock");
+    let mut restored = TestVm::start(
+        &[
+            "restore",
+            snap.to_str().unwrap(),
+            "--api-sock",
+            sock2.to_str().unwrap(),
+            "--allow-dir",
+            dir.to_str().unwrap(),
+        ],
+        &dir.join("restored.out"),
+    );
+    wait_api(&sock2, &mut restored);
+    assert_eq!(info(&sock2)["seccomp"], true);
+    let modes = thread_modes(restored.pid());
+    assert!(modes.iter().all(|(_, m)| m == "2"), "{modes:?}");
+}
