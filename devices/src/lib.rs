@@ -7,6 +7,7 @@ pub mod log;
 pub mod ratelimit;
 pub mod socket_file;
 pub mod sync;
+pub mod thread_start;
 pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};

@@ -3,7 +3,7 @@
 //! Folders depend on each other one way only, from the command line down to the configuration
 //! (checked by the test below; `docs/architecture.md` draws it):
 //! `cli` → `api` → `vm` → {`vcpu`, `device_manager`} → {`boot`, `snapshot`, `migration`,
-//! `host`} → {`config`, `memory`}.
+//! `host`} → {`config`, `memory`, `seccomp`}.
 
 pub mod api;
 pub mod boot;
@@ -13,6 +13,7 @@ pub mod device_manager;
 pub mod host;
 pub mod memory;
 pub mod migration;
+pub mod seccomp;
 pub mod snapshot;
 pub mod vcpu;
 pub mod vm;
@@ -20,9 +21,10 @@ pub mod vm;
 #[cfg(test)]
 mod tests {
     /// Each folder's layer: a folder may use folders of lower layers only.
-    const LAYERS: [(&str, u8); 11] = [
+    const LAYERS: [(&str, u8); 12] = [
         ("config", 0),
         ("memory", 0),
+        ("seccomp", 0),
         ("host", 1),
         ("boot", 1),
         ("snapshot", 1),

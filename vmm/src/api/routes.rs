@@ -160,7 +160,13 @@ fn balloon(vm: &Vm, b: BalloonChange) -> Reply {
 
 /// `MigrateRequest` to the sender's options.
 pub fn migrate_options(m: &MigrateRequest) -> Result<MigrateOptions, String> {
-    let to = crate::migration::parse_tcp(&m.to).map_err(|e| e.to_string())?;
+    // A filtered thread cannot resolve a host name (files, DNS sockets): addresses only.
+    let to = if crate::seccomp::enabled() {
+        crate::migration::parse_tcp_address(&m.to)
+    } else {
+        crate::migration::parse_tcp(&m.to)
+    }
+    .map_err(|e| e.to_string())?;
     let key = match &m.key {
         None => None,
         Some(hex) => Some(crate::migration::key_from_hex(hex).ok_or("key must be 64 hex digits")?),

@@ -41,6 +41,8 @@ pub fn start_on(listener: UnixListener, vm: Arc<Vm>) -> Result<(), ApiServerErro
     std::thread::Builder::new()
         .name("api".into())
         .spawn(move || {
+            // The request threads it starts inherit this filter.
+            crate::seccomp::install_or_exit(crate::seccomp::ThreadKind::Api);
             for conn in listener.incoming() {
                 match conn {
                     Ok(stream) => accept(stream, &slots, &vm),
@@ -64,6 +66,7 @@ fn accept(stream: UnixStream, slots: &Arc<Slots>, vm: &Arc<Vm>) {
     let _ = std::thread::Builder::new()
         .name("api-request".into())
         .spawn(move || {
+            crate::seccomp::inherited(crate::seccomp::ThreadKind::Api);
             conn::answer(&stream, &slot, REQUEST_TIME, &Limits::API, |r| {
                 route(&r.method, &r.path, &r.body, &vm)
             });

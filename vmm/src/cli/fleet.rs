@@ -58,6 +58,8 @@ pub struct VmRow {
     pub api_sock: PathBuf,
     /// A guest agent obeys power requests (`stop` is graceful).
     pub agent: bool,
+    /// Its threads run under seccomp filters (None: its API did not answer).
+    pub seccomp: Option<bool>,
 }
 
 /// VmRSS of `pid` from /proc/PID/status, in bytes.
@@ -96,11 +98,12 @@ pub fn rows() -> Vec<VmRow> {
 /// One VM's row (None: it ended meanwhile).
 fn row(e: Entry) -> Option<VmRow> {
     let uptime_s = now_unix().saturating_sub(e.started_unix);
-    let (state, agent) = match call::<(), VmInfo>(&e.api_sock, "GET", "/vm", None, LS_TIMEOUT) {
-        Ok(v) => (format!("{:?}", v.state), v.agent),
-        Err(_) if uptime_s < 10 => ("Starting".to_string(), false),
-        Err(_) => ("Unresponsive".to_string(), false),
-    };
+    let (state, agent, seccomp) =
+        match call::<(), VmInfo>(&e.api_sock, "GET", "/vm", None, LS_TIMEOUT) {
+            Ok(v) => (format!("{:?}", v.state), v.agent, Some(v.seccomp)),
+            Err(_) if uptime_s < 10 => ("Starting".to_string(), false, None),
+            Err(_) => ("Unresponsive".to_string(), false, None),
+        };
     // It may have ended while we asked.
     if !e.is_live() {
         registry::remove_stale(&e.name);
@@ -116,6 +119,7 @@ fn row(e: Entry) -> Option<VmRow> {
         uptime_s,
         api_sock: e.api_sock,
         agent,
+        seccomp,
     })
 }
 
@@ -138,19 +142,25 @@ pub fn ls(as_json: bool) -> String {
         return serde_json::to_string_pretty(&rows).unwrap_or_default();
     }
     let mut out = format!(
-        "{:<24} {:>8} {:<12} {:>5} {:>9} {:>9} {:>8}\n",
-        "NAME", "PID", "STATE", "VCPUS", "MEMORY", "RSS", "UPTIME"
+        "{:<24} {:>8} {:<12} {:>5} {:>9} {:>9} {:>8} {:<7}\n",
+        "NAME", "PID", "STATE", "VCPUS", "MEMORY", "RSS", "UPTIME", "SECCOMP"
     );
     for r in &rows {
+        let seccomp = match r.seccomp {
+            Some(true) => "on",
+            Some(false) => "off",
+            None => "-",
+        };
         out.push_str(&format!(
-            "{:<24} {:>8} {:<12} {:>5} {:>9} {:>9} {:>8}\n",
+            "{:<24} {:>8} {:<12} {:>5} {:>9} {:>9} {:>8} {:<7}\n",
             r.name,
             r.pid,
             r.state,
             r.vcpus,
             mib(r.memory_bytes),
             mib(r.rss_bytes),
-            duration(r.uptime_s)
+            duration(r.uptime_s),
+            seccomp
         ));
     }
     out

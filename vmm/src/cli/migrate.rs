@@ -74,6 +74,11 @@ pub struct ReceiveArgs {
     /// The incoming VM may name tap NAME (repeatable; `tap*` allows a prefix).
     #[arg(long, value_name = "NAME")]
     pub allow_tap: Vec<String>,
+    /// Seccomp filters on the VMM's threads: on (the default) or off; the incoming
+    /// configuration cannot turn them off. Off is for debugging a filter that stops a
+    /// legitimate call only: it removes a layer of protection.
+    #[arg(long, value_name = "on|off")]
+    pub seccomp: Option<crate::config::Seccomp>,
 }
 
 /// `--on-timeout`.
@@ -85,8 +90,10 @@ pub enum OnTimeoutArg {
 
 /// Start a migration through the VM's API and show its progress until it ends.
 pub fn migrate(sock: &Path, args: &MigrateArgs) -> Result<i32, String> {
+    // Resolved here: the VMM's API thread is filtered and takes addresses only.
+    let to = crate::migration::parse_tcp(&args.to).map_err(|e| e.to_string())?;
     let body = MigrateRequest {
-        to: args.to.clone(),
+        to: format!("tcp:{to}"),
         downtime_ms: args.downtime_ms,
         timeout_s: args.timeout_s,
         on_timeout: match args.on_timeout {
@@ -164,6 +171,7 @@ fn progress_line(p: &Progress, t: Duration) -> String {
 
 /// Wait for an incoming VM and run it; returns its exit status.
 pub fn run_receive(args: ReceiveArgs) -> Result<i32, String> {
+    super::run::filters(args.seccomp)?;
     let listen = crate::migration::parse_listen(&args.listen).map_err(|e| e.to_string())?;
     let key = args
         .key
@@ -189,8 +197,7 @@ pub fn run_receive(args: ReceiveArgs) -> Result<i32, String> {
             return Err(failed(e));
         }
     };
-    incoming
-        .commit()
+    filtered(|| incoming.commit())?
         .map_err(|e| format!("the source did not commit ({e}); nothing runs here"))?;
     // Committed: this VM runs here now, whatever happens to the link. Its API socket is bound
     // already; if its thread cannot start, the VM runs without an API rather than not at all.
@@ -206,6 +213,23 @@ pub fn run_receive(args: ReceiveArgs) -> Result<i32, String> {
         crate::host::exit::ExitReason::Crash(msg) => Err(msg),
         r => Ok(r.status()),
     }
+}
+
+/// Run `f` (a step that reads the incoming stream) on a thread of its own under the
+/// `migration-receive` filter: the main thread is still setting the VM up, unfiltered.
+fn filtered<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T, String> {
+    use crate::seccomp::{install, ThreadKind};
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("migration-recv".into())
+            .spawn_scoped(s, || {
+                install(ThreadKind::MigrationReceive).map_err(|e| e.to_string())?;
+                Ok(f())
+            })
+            .map_err(|e| format!("cannot start the thread that reads the migration: {e}"))?
+            .join()
+            .map_err(|_| "the thread that reads the migration failed".to_string())?
+    })
 }
 
 fn failed(e: impl std::fmt::Display) -> String {
@@ -230,7 +254,7 @@ fn take(
 ) -> Result<Taken, String> {
     let incompatible =
         |e: &dyn std::fmt::Display| ReceiveError::Incompatible(e.to_string()).to_string();
-    let hello = incoming.hello().map_err(|e| e.to_string())?;
+    let hello = filtered(|| incoming.hello())?.map_err(|e| e.to_string())?;
     crate::vcpu::cpuid::check_cpuid(&hello.cpuid).map_err(|e| incompatible(&e))?;
     let cfg: VmConfig = admission
         .admit(hello.config)
@@ -247,7 +271,7 @@ fn take(
     let mem = crate::memory::Layout::new(cfg.memory_bytes)
         .create_memory()
         .map_err(|e| incompatible(&e))?;
-    let state = incoming.receive_memory(&mem).map_err(|e| e.to_string())?;
+    let state = filtered(|| incoming.receive_memory(&mem))?.map_err(|e| e.to_string())?;
     let state = VmState::decode(&state).map_err(|e| e.to_string())?;
     let vm = Vm::restore(&cfg, &state, RestoreMemory::Filled(mem)).map_err(|e| e.to_string())?;
     Ok((vm, reg, api))

@@ -3,7 +3,7 @@
 
 use crate::api;
 use crate::config::admission::Admission;
-use crate::config::{FileConfig, VmConfig};
+use crate::config::{FileConfig, Seccomp, VmConfig};
 use crate::host::exit::ExitReason;
 use crate::host::registry::{self, Registration};
 use crate::vm::state::VmState;
@@ -26,6 +26,11 @@ pub struct RestoreArgs {
     /// Read the whole memory file at start instead of mapping it lazily.
     #[arg(long)]
     pub copy_memory: bool,
+    /// Seccomp filters on the VMM's threads: on (the default) or off; the
+    /// snapshot's configuration cannot turn them off. Off is for debugging a
+    /// filter that stops a legitimate call only: it removes a layer of protection.
+    #[arg(long, value_name = "on|off")]
+    pub seccomp: Option<Seccomp>,
     /// Change a host-specific configuration key (nets, disks, vsock, cpu_affinity), e.g.
     /// `--set 'nets=[{"tap":"tap7"}]'`; objects and lists are merged into the saved ones.
     #[arg(long = "set", value_name = "KEY=JSON")]
@@ -96,13 +101,18 @@ pub struct RunArgs {
     /// free-page-reporting=on lets the guest hand back free memory as well.
     #[arg(long, value_name = "[size=SIZE][,free-page-reporting=on]", num_args = 0..=1, default_missing_value = "")]
     pub balloon: Option<String>,
+    /// Seccomp filters on the VMM's threads: on (the default) or off. Off is for debugging a
+    /// filter that stops a legitimate call only: it removes a layer of protection.
+    #[arg(long, value_name = "on|off")]
+    pub seccomp: Option<Seccomp>,
     /// Print boot milestones and timing on exit.
     #[arg(long, short)]
     pub verbose: bool,
 }
 
-/// The configuration `args` describe: the config file, with the flags on top.
-fn config(args: &RunArgs) -> Result<VmConfig, String> {
+/// The configuration `args` describe (the config file, with the flags on top), and whether the
+/// threads are filtered.
+fn config(args: &RunArgs) -> Result<(VmConfig, Seccomp), String> {
     let file = match &args.config {
         Some(p) => FileConfig::load(p).map_err(|e| e.to_string())?,
         None => FileConfig::default(),
@@ -148,13 +158,22 @@ fn config(args: &RunArgs) -> Result<VmConfig, String> {
             .map(crate::config::balloon::parse_balloon)
             .transpose()
             .map_err(|e| e.to_string())?,
+        seccomp: args.seccomp,
     };
-    file.merge(flags).validate().map_err(|e| e.to_string())
+    let merged = file.merge(flags);
+    let seccomp = merged.seccomp.unwrap_or_default();
+    Ok((merged.validate().map_err(|e| e.to_string())?, seccomp))
+}
+
+/// Set up the seccomp filters (compiled now, installed by each thread once it is set up).
+pub fn filters(setting: Option<Seccomp>) -> Result<(), String> {
+    crate::seccomp::configure(setting.unwrap_or_default().is_on()).map_err(|e| e.to_string())
 }
 
 /// `plainvm run`.
 pub fn run(args: RunArgs, start: Instant) -> Result<i32, String> {
-    let cfg = config(&args)?;
+    let (cfg, seccomp) = config(&args)?;
+    filters(Some(seccomp))?;
     let reg = register(args.name.as_deref(), args.api_sock.as_deref(), &cfg)?;
     let vm = Arc::new(Vm::boot(&cfg).map_err(|e| e.to_string())?);
     serve(&vm, reg.as_ref(), args.api_sock.as_deref())?;
@@ -165,6 +184,7 @@ pub fn run(args: RunArgs, start: Instant) -> Result<i32, String> {
 
 /// `plainvm restore`.
 pub fn restore(args: RestoreArgs, start: Instant) -> Result<i32, String> {
+    filters(args.seccomp)?;
     let bytes = crate::snapshot::load_state(&args.dir).map_err(|e| e.to_string())?;
     let state = VmState::decode(&bytes).map_err(|e| e.to_string())?;
     let admission =

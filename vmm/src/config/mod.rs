@@ -7,12 +7,14 @@ pub mod disk;
 pub mod keyvalue;
 pub mod net;
 pub mod overrides;
+pub mod seccomp;
 pub mod size;
 pub mod vsock;
 
 pub use balloon::{BalloonConfig, BalloonSettings};
 pub use disk::DiskConfig;
 pub use net::{NetConfig, NetDevice};
+pub use seccomp::Seccomp;
 pub use size::{check_memory, parse_size};
 pub use vsock::VsockConfig;
 
@@ -112,6 +114,9 @@ pub struct FileConfig {
     pub vsock: Option<VsockConfig>,
     /// A virtio-balloon device.
     pub balloon: Option<BalloonConfig>,
+    /// Seccomp filters on the VMM's threads: true/"on" (the default) or false/"off" (debugging
+    /// only). Not part of `VmConfig`: it never travels in a snapshot or a migration.
+    pub seccomp: Option<Seccomp>,
 }
 
 /// A validated VM configuration.
@@ -185,6 +190,7 @@ impl FileConfig {
             disks: over.disks.or(self.disks),
             vsock: over.vsock.or(self.vsock),
             balloon: over.balloon.or(self.balloon),
+            seccomp: over.seccomp.or(self.seccomp),
         }
     }
 

@@ -35,6 +35,7 @@ impl Throttle {
         let thread = std::thread::Builder::new()
             .name("throttle".into())
             .spawn(move || {
+                crate::seccomp::install_or_exit(crate::seccomp::ThreadKind::Throttle);
                 while !s.load(Ordering::SeqCst) {
                     let pct = p.load(Ordering::SeqCst).min(MAX_PERCENT);
                     if pct == 0 || !target.hold(Duration::from_secs(1)) {

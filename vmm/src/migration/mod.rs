@@ -18,6 +18,8 @@ pub enum AddrError {
         "'{0}' is not a migration address: use tcp:HOST:PORT (or PORT to listen on 127.0.0.1)"
     )]
     Bad(String),
+    #[error("'{0}' names a host: the VMM's API runs under a seccomp filter that does not resolve names; give an IP address (tcp:ADDR:PORT; `plainvm migrate` resolves names itself)")]
+    NotAnAddress(String),
 }
 
 /// Where `receive` listens: `PORT` (127.0.0.1, this host only), `tcp:PORT`, or `tcp:ADDR:PORT`.
@@ -39,6 +41,24 @@ pub fn parse_tcp(s: &str) -> Result<SocketAddr, AddrError> {
         .ok()
         .and_then(|mut a| a.next())
         .ok_or_else(|| AddrError::Bad(s.into()))
+}
+
+/// Parse `tcp:ADDR:PORT` with ADDR an IP address, without resolving any name (what a filtered
+/// thread can do).
+pub fn parse_tcp_address(s: &str) -> Result<SocketAddr, AddrError> {
+    let rest = s
+        .strip_prefix("tcp:")
+        .ok_or_else(|| AddrError::Bad(s.into()))?;
+    rest.parse().map_err(|_| {
+        let named_host = rest
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if named_host {
+            AddrError::NotAnAddress(s.into())
+        } else {
+            AddrError::Bad(s.into())
+        }
+    })
 }
 
 /// A key written as 64 hex digits.
@@ -72,4 +92,26 @@ pub fn read_key(path: &std::path::Path) -> Result<[u8; 32], String> {
             path.display()
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_filtered_thread_takes_addresses_and_refuses_names_without_resolving_them() {
+        let a = parse_tcp_address("tcp:127.0.0.1:7000").unwrap();
+        assert_eq!(a, SocketAddr::from(([127, 0, 0, 1], 7000)));
+        assert!(parse_tcp_address("tcp:[::1]:7000").is_ok());
+        let e = parse_tcp_address("tcp:localhost:7000").unwrap_err();
+        assert!(matches!(e, AddrError::NotAnAddress(_)), "{e}");
+        assert!(matches!(
+            parse_tcp_address("localhost"),
+            Err(AddrError::Bad(_))
+        ));
+        assert!(matches!(
+            parse_tcp_address("tcp:nowhere"),
+            Err(AddrError::Bad(_))
+        ));
+    }
 }

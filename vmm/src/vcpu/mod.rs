@@ -56,6 +56,13 @@ impl Vcpu {
     fn run(self) {
         self.control.register_thread();
         set_thread_kvm_run(lock(&self.fd).get_kvm_run());
+        // Set up: from here on only the calls of the vCPU list.
+        if let Err(e) = crate::seccomp::install(crate::seccomp::ThreadKind::Vcpu) {
+            self.exit
+                .request(ExitReason::Crash(format!("vCPU {}: {e}", self.index)));
+            self.control.stop();
+            return;
+        }
         // Park between runs when paused; stop when another vCPU or a device ended the VM.
         while self.control.checkpoint() && !self.exit.is_requested() {
             let mut fd = lock(&self.fd);

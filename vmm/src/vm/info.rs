@@ -23,6 +23,12 @@ pub struct VmInfo {
     pub agent: bool,
     /// What the guest reports through the hypercall device.
     pub guest: GuestInfo,
+    /// The VMM's threads run under their seccomp filters (off only with `--seccomp off`).
+    #[serde(default)]
+    pub seccomp: bool,
+    /// The VMM runs in a jail (chroot, namespaces, dropped privileges): not yet, always false.
+    #[serde(default)]
+    pub jailed: bool,
 }
 
 /// The hypercall device's view of the guest.
@@ -54,6 +60,8 @@ impl Vm {
             uptime_ms: self.started.elapsed().as_millis(),
             pid: std::process::id(),
             agent: self.agent_listening(),
+            seccomp: crate::seccomp::enabled(),
+            jailed: false,
             guest: GuestInfo {
                 boot_marks: h
                     .marks

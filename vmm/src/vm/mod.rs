@@ -77,6 +77,8 @@ pub enum VmError {
     Ksm(#[from] crate::memory::ksm::KsmError),
     #[error("this VM has been started already")]
     AlreadyStarted,
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
 }
 
 /// One vCPU as the VMM sees it from outside its thread.

@@ -57,6 +57,11 @@ impl Vm {
         }
         // Start-up is over: what it allocated and freed need not stay resident for the VM's life.
         crate::host::heap::release_free_pages();
+        // Everything this thread opens is open: the event loop runs filtered.
+        if let Err(e) = crate::seccomp::install(crate::seccomp::ThreadKind::EventLoop) {
+            self.control.stop();
+            return Err(e.into());
+        }
         while !done.load(Ordering::SeqCst) {
             events.run().map_err(VmError::EventLoop)?;
         }

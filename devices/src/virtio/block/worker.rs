@@ -119,6 +119,7 @@ impl Drop for Pool {
 }
 
 fn work(rx: &Mutex<Receiver<Job>>, done: &Mutex<Vec<Done>>, evt: &EventFd, backend: &RawFile) {
+    crate::thread_start::started(crate::thread_start::DeviceThread::BlockIo);
     loop {
         let job = match lock(rx).recv() {
             Ok(job) => job,
