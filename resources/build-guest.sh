@@ -11,9 +11,12 @@ export PLAINVM_GUEST_BIN_DIR=${PLAINVM_GUEST_BIN_DIR:-${PLAINVM_CACHE:-/var/cach
 "$here/build-initramfs.sh"
 "$here/build-rootfs.sh"
 # The emulated AMD-V test host (resources/hw-host): the kernel flavour for hardware hosts, then
-# the level-1 host's kernel, initramfs and the 64-bit guest images.
-"$here/hw-host/build-kernel-hw.sh"
-"$here/hw-host/build-l1.sh"
+# the level-1 host's kernel, initramfs and the 64-bit guest images. Only the tests need them:
+# PLAINVM_HW_HOST=0 (the quickstart) skips them.
+if [ "${PLAINVM_HW_HOST:-1}" != 0 ]; then
+    "$here/hw-host/build-kernel-hw.sh"
+    "$here/hw-host/build-l1.sh"
+fi
 source "$here/env.sh"
 echo "PLAINVM_VMLINUX=$PLAINVM_VMLINUX"
 echo "PLAINVM_VMLINUX_NOINT3=$PLAINVM_VMLINUX_NOINT3"
