@@ -29,12 +29,12 @@ run() {
 start() {
     local name=$1 secs=$2
     shift 2
-    rm -f "/tmp/rc.$name"
+    rm -f "/tmp/rc.$name" "/tmp/done.$name"
     : > "/tmp/out.$name"
     now > "/tmp/t0.$name"
     echo "HWHOST-RUN-START $name"
     ( { timeout -s KILL "$secs" "$@" 2>&1; echo $? > "/tmp/rc.$name"; } \
-        | tee "/tmp/out.$name" | prefix "$name" ) &
+        | tee "/tmp/out.$name" | prefix "$name"; : > "/tmp/done.$name" ) &
 }
 
 # wait_run NAME SECS: wait for a started run to end; prints its HWHOST-RUN line, returns its status.
@@ -44,7 +44,14 @@ wait_run() {
         sleep 0.1
         n=$((n - 1))
     done
-    sleep 0.2 # the last lines through sed
+    # The run's last lines still go through tee and the prefixing: wait (up to 10 s) for that
+    # pipeline to end, as it does once the run has; with a fixed short sleep they were lost when
+    # the script ended and L1 powered off under load ("GU" instead of GUEST-INIT-REACHED).
+    local m=100
+    while [ -s "/tmp/rc.$name" ] && [ ! -e "/tmp/done.$name" ] && [ $m -gt 0 ]; do
+        sleep 0.1
+        m=$((m - 1))
+    done
     if [ ! -s "/tmp/rc.$name" ]; then
         echo "HWHOST-RUN $name status=timeout secs=$(elapsed "$(cat "/tmp/t0.$name")")"
         return 124
