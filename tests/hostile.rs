@@ -21,20 +21,6 @@ fn port() -> u16 {
     40000 + (std::process::id() % 2000) as u16 * 10 + NEXT.fetch_add(1, Ordering::SeqCst)
 }
 
-fn api(args: &[&str], sock: &Path) -> Outcome {
-    let mut a = args.to_vec();
-    a.extend_from_slice(&["--api-sock", sock.to_str().unwrap()]);
-    plainvm(&a, T)
-}
-
-fn wait_api(sock: &Path) {
-    let start = Instant::now();
-    while api(&["info"], sock).status != Some(0) {
-        assert!(start.elapsed() < T, "the API never answered");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// A file that must stay as it is: (path, contents).
 fn precious(dir: &Path, name: &str) -> (PathBuf, Vec<u8>) {
     let p = dir.join(name);

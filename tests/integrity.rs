@@ -19,25 +19,6 @@ fn port() -> u16 {
     30000 + (std::process::id() % 2000) as u16 * 10 + NEXT.fetch_add(1, Ordering::SeqCst)
 }
 
-fn api(args: &[&str], sock: &Path) -> Outcome {
-    let mut a = args.to_vec();
-    a.extend_from_slice(&["--api-sock", sock.to_str().unwrap()]);
-    plainvm(&a, T)
-}
-
-/// Wait until the VM at `sock` answers its API.
-fn wait_api(sock: &Path) {
-    let start = Instant::now();
-    while api(&["info"], sock).status != Some(0) {
-        assert!(
-            start.elapsed() < T,
-            "the API at {} never answered",
-            sock.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// A test guest running the memwrite workload, with an API socket.
 fn workload(dir: &Path, name: &str, mem: &str, cmdline: &str) -> (PathBuf, TestVm) {
     let sock = dir.join(format!("{name}.sock"));

@@ -91,6 +91,26 @@ pub fn plainvm(args: &[&str], limit: Duration) -> Outcome {
     run_with_timeout(Command::new(plainvm_bin()).args(args), limit)
 }
 
+/// `plainvm <args> --api-sock <sock>`, within 60 s.
+pub fn api(args: &[&str], sock: &std::path::Path) -> Outcome {
+    let mut a = args.to_vec();
+    a.extend_from_slice(&["--api-sock", sock.to_str().unwrap()]);
+    plainvm(&a, std::time::Duration::from_secs(60))
+}
+
+/// Wait (up to 60 s) until the VM at `sock` answers its API.
+pub fn wait_api(sock: &std::path::Path) {
+    let start = std::time::Instant::now();
+    while api(&["info"], sock).status != Some(0) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "the API at {} never answered",
+            sock.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// A fresh scratch directory for one test.
 pub fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("plainvm-test-{}-{name}", std::process::id()));

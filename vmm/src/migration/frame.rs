@@ -101,12 +101,15 @@ const MAX_PEER_TEXT: usize = 1000;
 /// The peer's error text as it may be printed on our terminal: no control characters (escape
 /// sequences), at most `MAX_PEER_TEXT` characters.
 fn printable(text: &[u8]) -> String {
-    let mut s: String = String::from_utf8_lossy(text)
+    let mut chars = String::from_utf8_lossy(text)
         .chars()
         .map(|c| if c.is_control() { '?' } else { c })
-        .take(MAX_PEER_TEXT)
-        .collect();
-    if text.len() > s.len() {
+        .take(MAX_PEER_TEXT + 1)
+        .collect::<Vec<_>>();
+    let cut = chars.len() > MAX_PEER_TEXT;
+    chars.truncate(MAX_PEER_TEXT);
+    let mut s: String = chars.into_iter().collect();
+    if cut {
         s.push_str(" [...]");
     }
     s
