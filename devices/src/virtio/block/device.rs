@@ -169,6 +169,7 @@ impl Block {
         };
         let mut iov: Vec<libc::iovec> = Vec::new();
         let mut done = 0;
+        let mut looked_again = false;
         'outer: loop {
             // No kicks needed while we are draining the ring.
             if queue.disable_notification(&*mem).is_err() {
@@ -206,10 +207,16 @@ impl Block {
                     break 'outer;
                 }
             }
-            // Re-enable kicks; if more arrived meanwhile, go again. A ring whose index is
-            // garbage yields no chains: stop instead of spinning on it.
+            // Re-enable kicks; if more arrived meanwhile, go again. The driver skips its kick
+            // while kicks are off, so a request made between the last pop and here is only seen
+            // by looking again, even after a pass that found nothing (a stale kick). A ring
+            // whose index is garbage yields no chains: one empty look again, then stop.
             match queue.enable_notification(&*mem) {
                 Ok(true) if popped > 0 => continue,
+                Ok(true) if !looked_again => {
+                    looked_again = true;
+                    continue;
+                }
                 _ => break,
             }
         }
