@@ -322,13 +322,20 @@ fn linux_with_disk_net_and_vsock_keeps_working_after_restores() {
     std::fs::copy(&a.rootfs, &root).unwrap();
     let ns = Netns::new("lsnap");
     ns.add_tap(TAP, "10.0.2.1/24", 1500, None);
-    let (sock, snap, vsock) = (dir.join("api.sock"), dir.join("snap"), dir.join("v.sock"));
+    // It boots and takes its snapshot in a jail (tests/jail.rs); the first restore is jailed,
+    // the second is not.
+    let jail = dir.join("jail");
+    let (sock, snap, vsock) = (dir.join("api.sock"), jail.join("snap"), dir.join("v.sock"));
     let cmdline = format!(
         "{} root=/dev/vda rw plainvm.cmd=tick plainvm.ticks=8 plainvm.agent=on",
         a.cmdline
     );
     let mut vm = TestVm::live(ns.command(plainvm_bin()).args([
         "run",
+        "--jail",
+        "64211:64211",
+        "--jail-dir",
+        jail.to_str().unwrap(),
         "--kernel",
         a.vmlinux.to_str().unwrap(),
         "--cmdline",
@@ -345,21 +352,42 @@ fn linux_with_disk_net_and_vsock_keeps_working_after_restores() {
     ]));
     let line = vm.wait_line("TICK n=2 ", SLOW);
     assert!(line.contains("file=tick-file ping=ok"), "{}", vm.dump());
+    let status = std::fs::read_to_string(format!("/proc/{}/status", vm.pid())).unwrap();
+    assert!(status.contains("Uid:\t64211\t"), "{status}");
+    assert!(status.contains("CapEff:\t0000000000000000"), "{status}");
     snapshot_paused(&sock, &snap, &root, &root_at_snap);
     drop(vm); // killed: the restores run after the original process is gone
 
     for round in 0..2 {
         std::fs::copy(&root_at_snap, &root).unwrap();
-        let mut r = TestVm::live(ns.command(plainvm_bin()).args([
-            "restore",
-            snap.to_str().unwrap(),
-            "--allow-dir",
-            dir.to_str().unwrap(),
-            "--allow-tap",
-            TAP,
-        ]));
+        let jail_r = dir.join("jail-restored");
+        let jailed = [
+            "--jail",
+            "64212:64212",
+            "--jail-dir",
+            jail_r.to_str().unwrap(),
+        ];
+        let mut r = TestVm::live(
+            ns.command(plainvm_bin())
+                .args([
+                    "restore",
+                    snap.to_str().unwrap(),
+                    "--allow-dir",
+                    dir.to_str().unwrap(),
+                    "--allow-tap",
+                    TAP,
+                ])
+                .args(if round == 0 { &jailed[..] } else { &[][..] }),
+        );
         // The agent sees GENERATION bumped and resyncs the clock.
         r.wait_line("generation 0 -> 1", SLOW);
+        let uid = std::fs::read_to_string(format!("/proc/{}/status", r.pid())).unwrap();
+        let want = if round == 0 { "64212" } else { "0" };
+        assert!(
+            uid.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some(want)),
+            "round {round}: {uid}"
+        );
         // The vsock listener from before the snapshot takes a new connection from the host.
         let reply = echo_from_guest(&vsock, 1234, "after-restore", SLOW);
         assert_eq!(reply.as_deref(), Ok("after-restore"), "{}", r.dump());

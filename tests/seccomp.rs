@@ -137,7 +137,8 @@ fn ls_shows_whether_each_vm_is_filtered() {
         .lines()
         .find(|l| l.starts_with(&name))
         .unwrap_or_else(|| panic!("{name} not listed: {}", o.dump()));
-    assert!(line.trim_end().ends_with(" on"), "{line}");
+    // SECCOMP, then JAIL ("no": not jailed).
+    assert!(line.trim_end().ends_with(" on      no"), "{line}");
     let j = plainvm(&["ls", "--json"], Duration::from_secs(20));
     let rows: serde_json::Value = serde_json::from_str(&j.stdout).unwrap();
     let row = rows
@@ -147,6 +148,7 @@ fn ls_shows_whether_each_vm_is_filtered() {
         .find(|r| r["name"] == name.as_str())
         .unwrap();
     assert_eq!(row["seccomp"], true, "{row}");
+    assert_eq!(row["jailed"], false, "{row}");
 }
 
 /// Run a VM whose threads of `kind` make a forbidden call right after filtering themselves:

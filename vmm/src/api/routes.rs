@@ -119,10 +119,12 @@ fn snapshot(vm: &Vm, s: SnapshotCreate) -> Reply {
     }
 }
 
-/// 409 when another operation holds the VM, 500 for the rest.
+/// 409 when another operation holds the VM, 400 for a path outside a jailed VM's directory,
+/// 500 for the rest.
 fn control_error(e: ControlOpError) -> Reply {
     match e {
         e @ ControlOpError::Busy(_) => Reply::error(409, e),
+        e @ ControlOpError::Jail(_) => Reply::error(400, e),
         e => Reply::error(500, e),
     }
 }

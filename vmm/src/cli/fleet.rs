@@ -60,6 +60,11 @@ pub struct VmRow {
     pub agent: bool,
     /// Its threads run under seccomp filters (None: its API did not answer).
     pub seccomp: Option<bool>,
+    /// It runs in its jail (None: its API did not answer).
+    pub jailed: Option<bool>,
+    /// The jail's user, group and directory, when jailed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jail: Option<crate::host::jail::JailInfo>,
 }
 
 /// VmRSS of `pid` from /proc/PID/status, in bytes.
@@ -98,11 +103,16 @@ pub fn rows() -> Vec<VmRow> {
 /// One VM's row (None: it ended meanwhile).
 fn row(e: Entry) -> Option<VmRow> {
     let uptime_s = now_unix().saturating_sub(e.started_unix);
-    let (state, agent, seccomp) =
+    let (state, agent, seccomp, jail) =
         match call::<(), VmInfo>(&e.api_sock, "GET", "/vm", None, LS_TIMEOUT) {
-            Ok(v) => (format!("{:?}", v.state), v.agent, Some(v.seccomp)),
-            Err(_) if uptime_s < 10 => ("Starting".to_string(), false, None),
-            Err(_) => ("Unresponsive".to_string(), false, None),
+            Ok(v) => (
+                format!("{:?}", v.state),
+                v.agent,
+                Some(v.seccomp),
+                Some(v.jail),
+            ),
+            Err(_) if uptime_s < 10 => ("Starting".to_string(), false, None, None),
+            Err(_) => ("Unresponsive".to_string(), false, None, None),
         };
     // It may have ended while we asked.
     if !e.is_live() {
@@ -120,6 +130,8 @@ fn row(e: Entry) -> Option<VmRow> {
         api_sock: e.api_sock,
         agent,
         seccomp,
+        jailed: jail.as_ref().map(Option::is_some),
+        jail: jail.flatten(),
     })
 }
 
@@ -142,8 +154,8 @@ pub fn ls(as_json: bool) -> String {
         return serde_json::to_string_pretty(&rows).unwrap_or_default();
     }
     let mut out = format!(
-        "{:<24} {:>8} {:<12} {:>5} {:>9} {:>9} {:>8} {:<7}\n",
-        "NAME", "PID", "STATE", "VCPUS", "MEMORY", "RSS", "UPTIME", "SECCOMP"
+        "{:<24} {:>8} {:<12} {:>5} {:>9} {:>9} {:>8} {:<7} {:<11}\n",
+        "NAME", "PID", "STATE", "VCPUS", "MEMORY", "RSS", "UPTIME", "SECCOMP", "JAIL"
     );
     for r in &rows {
         let seccomp = match r.seccomp {
@@ -151,8 +163,13 @@ pub fn ls(as_json: bool) -> String {
             Some(false) => "off",
             None => "-",
         };
+        let jail = match (&r.jail, r.jailed) {
+            (Some(j), _) => format!("{}:{}", j.uid, j.gid),
+            (None, Some(false)) => "no".to_string(),
+            (None, _) => "-".to_string(),
+        };
         out.push_str(&format!(
-            "{:<24} {:>8} {:<12} {:>5} {:>9} {:>9} {:>8} {:<7}\n",
+            "{:<24} {:>8} {:<12} {:>5} {:>9} {:>9} {:>8} {:<7} {:<11}\n",
             r.name,
             r.pid,
             r.state,
@@ -160,7 +177,8 @@ pub fn ls(as_json: bool) -> String {
             mib(r.memory_bytes),
             mib(r.rss_bytes),
             duration(r.uptime_s),
-            seccomp
+            seccomp,
+            jail
         ));
     }
     out

@@ -79,6 +79,13 @@ pub struct ReceiveArgs {
     /// legitimate call only: it removes a layer of protection.
     #[arg(long, value_name = "on|off")]
     pub seccomp: Option<crate::config::Seccomp>,
+    /// Run the incoming VM as the unprivileged UID:GID in a jail that shows only its jail
+    /// directory (entered before the commit).
+    #[arg(long, value_name = "UID:GID")]
+    pub jail: Option<String>,
+    /// The jail's directory, the VM's `/` (default /var/lib/plainvm/jail/NAME).
+    #[arg(long, value_name = "DIR")]
+    pub jail_dir: Option<PathBuf>,
 }
 
 /// `--on-timeout`.
@@ -183,13 +190,40 @@ pub fn run_receive(args: ReceiveArgs) -> Result<i32, String> {
     if let Some(name) = &args.name {
         crate::host::registry::check_free(name).map_err(|e| e.to_string())?;
     }
+    let jail =
+        crate::config::jail::from_flags(args.jail.as_deref(), args.jail_dir.as_deref(), None)
+            .map_err(|e| e.to_string())?;
+    let mut jail = match &jail {
+        // Before any thread starts; what the incoming VM needs shown is known only later.
+        Some(j) => Some(
+            crate::host::jail::Jail::prepare(
+                j,
+                &args
+                    .name
+                    .clone()
+                    .unwrap_or_else(crate::host::registry::generated_name),
+            )
+            .map_err(|e| e.to_string())?,
+        ),
+        None => None,
+    };
     let mut incoming = Incoming::accept(listen, key.as_ref()).map_err(failed)?;
     let taken = take(
         &mut incoming,
         &admission,
         args.name.as_deref(),
         args.api_sock.as_deref(),
-    );
+    )
+    .and_then(|(vm, reg, api)| {
+        // Jailed before the commit: a jail that cannot be entered leaves the source running.
+        if let Some(j) = jail.as_mut() {
+            if let Some(dir) = vm.config().vsock.as_ref().and_then(|v| v.socket.parent()) {
+                j.show(dir);
+            }
+        }
+        super::run::enter_jail(jail.as_ref(), &vm)?;
+        Ok((vm, reg, api))
+    });
     let (vm, reg, api) = match taken {
         Ok(t) => t,
         Err(e) => {

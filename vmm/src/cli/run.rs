@@ -3,8 +3,10 @@
 
 use crate::api;
 use crate::config::admission::Admission;
+use crate::config::jail::{self, JailConfig};
 use crate::config::{FileConfig, Seccomp, VmConfig};
 use crate::host::exit::ExitReason;
+use crate::host::jail::Jail;
 use crate::host::registry::{self, Registration};
 use crate::vm::state::VmState;
 use crate::vm::{RestoreMemory, RunResult, Vm};
@@ -31,6 +33,13 @@ pub struct RestoreArgs {
     /// filter that stops a legitimate call only: it removes a layer of protection.
     #[arg(long, value_name = "on|off")]
     pub seccomp: Option<Seccomp>,
+    /// Run as the unprivileged UID:GID in a jail that shows only its jail directory (see
+    /// docs/security.md); snapshots then go under that directory.
+    #[arg(long, value_name = "UID:GID")]
+    pub jail: Option<String>,
+    /// The jail's directory, the VM's `/` (default /var/lib/plainvm/jail/NAME).
+    #[arg(long, value_name = "DIR")]
+    pub jail_dir: Option<PathBuf>,
     /// Change a host-specific configuration key (nets, disks, vsock, cpu_affinity), e.g.
     /// `--set 'nets=[{"tap":"tap7"}]'`; objects and lists are merged into the saved ones.
     #[arg(long = "set", value_name = "KEY=JSON")]
@@ -105,14 +114,21 @@ pub struct RunArgs {
     /// filter that stops a legitimate call only: it removes a layer of protection.
     #[arg(long, value_name = "on|off")]
     pub seccomp: Option<Seccomp>,
+    /// Run as the unprivileged UID:GID in a jail that shows only its jail directory (see
+    /// docs/security.md); snapshots then go under that directory.
+    #[arg(long, value_name = "UID:GID")]
+    pub jail: Option<String>,
+    /// The jail's directory, the VM's `/` (default /var/lib/plainvm/jail/NAME).
+    #[arg(long, value_name = "DIR")]
+    pub jail_dir: Option<PathBuf>,
     /// Print boot milestones and timing on exit.
     #[arg(long, short)]
     pub verbose: bool,
 }
 
-/// The configuration `args` describe (the config file, with the flags on top), and whether the
-/// threads are filtered.
-fn config(args: &RunArgs) -> Result<(VmConfig, Seccomp), String> {
+/// The configuration `args` describe (the config file, with the flags on top), whether the
+/// threads are filtered, and the jail.
+fn config(args: &RunArgs) -> Result<(VmConfig, Seccomp, Option<JailConfig>), String> {
     let file = match &args.config {
         Some(p) => FileConfig::load(p).map_err(|e| e.to_string())?,
         None => FileConfig::default(),
@@ -159,10 +175,44 @@ fn config(args: &RunArgs) -> Result<(VmConfig, Seccomp), String> {
             .transpose()
             .map_err(|e| e.to_string())?,
         seccomp: args.seccomp,
+        jail: None,
     };
     let merged = file.merge(flags);
     let seccomp = merged.seccomp.unwrap_or_default();
-    Ok((merged.validate().map_err(|e| e.to_string())?, seccomp))
+    let jail = jail::from_flags(
+        args.jail.as_deref(),
+        args.jail_dir.as_deref(),
+        merged.jail.clone(),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok((merged.validate().map_err(|e| e.to_string())?, seccomp, jail))
+}
+
+/// The jail's first step (before any thread starts), for VM `name` (None: the generated name)
+/// with `cfg`'s vsock directory shown inside it.
+pub fn prepare_jail(
+    jail: Option<&JailConfig>,
+    name: Option<&str>,
+    cfg: &VmConfig,
+) -> Result<Option<Jail>, String> {
+    let Some(j) = jail else {
+        return Ok(None);
+    };
+    let name = name.map_or_else(registry::generated_name, str::to_string);
+    let mut jail = Jail::prepare(j, &name).map_err(|e| e.to_string())?;
+    // Guest connections to host port P go to the socket PATH_P beside the vsock socket.
+    if let Some(dir) = cfg.vsock.as_ref().and_then(|v| v.socket.parent()) {
+        jail.show(dir);
+    }
+    Ok(Some(jail))
+}
+
+/// The jail's second step: `vm` runs jailed from here on.
+pub fn enter_jail(jail: Option<&Jail>, vm: &Vm) -> Result<(), String> {
+    if let Some(j) = jail {
+        vm.set_jailed(j.enter().map_err(|e| e.to_string())?);
+    }
+    Ok(())
 }
 
 /// Set up the seccomp filters (compiled now, installed by each thread once it is set up).
@@ -172,11 +222,12 @@ pub fn filters(setting: Option<Seccomp>) -> Result<(), String> {
 
 /// `plainvm run`.
 pub fn run(args: RunArgs, start: Instant) -> Result<i32, String> {
-    let (cfg, seccomp) = config(&args)?;
+    let (cfg, seccomp, jail) = config(&args)?;
     filters(Some(seccomp))?;
+    let jail = prepare_jail(jail.as_ref(), args.name.as_deref(), &cfg)?;
     let reg = register(args.name.as_deref(), args.api_sock.as_deref(), &cfg)?;
     let vm = Arc::new(Vm::boot(&cfg).map_err(|e| e.to_string())?);
-    serve(&vm, reg.as_ref(), args.api_sock.as_deref())?;
+    serve(&vm, reg.as_ref(), args.api_sock.as_deref(), jail.as_ref())?;
     let out = vm.run().map_err(|e| e.to_string())?;
     drop(reg);
     report(out, args.verbose, start)
@@ -194,6 +245,9 @@ pub fn restore(args: RestoreArgs, start: Instant) -> Result<i32, String> {
         .map_err(|e| e.to_string())?;
     cfg.check()
         .map_err(|e| format!("the snapshot's configuration cannot be used here: {e}"))?;
+    let jail = jail::from_flags(args.jail.as_deref(), args.jail_dir.as_deref(), None)
+        .map_err(|e| e.to_string())?;
+    let jail = prepare_jail(jail.as_ref(), args.name.as_deref(), &cfg)?;
     let reg = register(args.name.as_deref(), args.api_sock.as_deref(), &cfg)?;
     // The whole chain of parents is checked before anything is registered or opened.
     crate::snapshot::parent_chain(&args.dir, admission.allow_dirs()).map_err(|e| e.to_string())?;
@@ -204,7 +258,7 @@ pub fn restore(args: RestoreArgs, start: Instant) -> Result<i32, String> {
     };
     let vm = Arc::new(Vm::restore(&cfg, &state, memory).map_err(|e| e.to_string())?);
     drop(state);
-    serve(&vm, reg.as_ref(), args.api_sock.as_deref())?;
+    serve(&vm, reg.as_ref(), args.api_sock.as_deref(), jail.as_ref())?;
     let out = vm.run().map_err(|e| e.to_string())?;
     drop(reg);
     if args.verbose {
@@ -228,14 +282,22 @@ pub fn register(
     registry::register(name, api_sock, cfg).map_err(|e| e.to_string())
 }
 
-/// Serve the VM's API on its registered socket (or the one given).
+/// Serve the VM's API on its registered socket (or the one given). The socket is bound before
+/// the VM enters its jail (clients see it listen as root: SO_PEERCRED is that of listen()), and
+/// served after.
 pub fn serve(
     vm: &Arc<Vm>,
     reg: Option<&Registration>,
     api_sock: Option<&Path>,
+    jail: Option<&Jail>,
 ) -> Result<(), String> {
-    match api_path(reg, api_sock) {
-        Some(s) => api::server::start(&s, vm.clone()).map_err(|e| e.to_string()),
+    let listener = api_path(reg, api_sock)
+        .map(|s| api::server::bind(&s))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    enter_jail(jail, vm)?;
+    match listener {
+        Some(l) => api::server::start_on(l, vm.clone()).map_err(|e| e.to_string()),
         None => Ok(()),
     }
 }

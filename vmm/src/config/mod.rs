@@ -4,6 +4,7 @@ pub mod admission;
 pub mod balloon;
 pub mod cpu_list;
 pub mod disk;
+pub mod jail;
 pub mod keyvalue;
 pub mod net;
 pub mod overrides;
@@ -117,6 +118,9 @@ pub struct FileConfig {
     /// Seccomp filters on the VMM's threads: true/"on" (the default) or false/"off" (debugging
     /// only). Not part of `VmConfig`: it never travels in a snapshot or a migration.
     pub seccomp: Option<Seccomp>,
+    /// Run as this unprivileged user, seeing only a directory of its own ("UID:GID" or
+    /// {"uid", "gid", "dir"}). Not part of `VmConfig` either.
+    pub jail: Option<jail::JailConfig>,
 }
 
 /// A validated VM configuration.
@@ -191,6 +195,7 @@ impl FileConfig {
             vsock: over.vsock.or(self.vsock),
             balloon: over.balloon.or(self.balloon),
             seccomp: over.seccomp.or(self.seccomp),
+            jail: over.jail.or(self.jail),
         }
     }
 

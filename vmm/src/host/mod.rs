@@ -1,8 +1,9 @@
 //! The VMM process on its host: the registry of named VMs, the console and terminal, the heap,
-//! and why the process ends.
+//! the jail, and why the process ends.
 
 pub mod console;
 pub mod exit;
 pub mod heap;
+pub mod jail;
 pub mod registry;
 pub mod terminal;

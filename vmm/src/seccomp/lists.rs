@@ -10,10 +10,15 @@ use seccompiler::SeccompCmpOp;
 /// What every thread needs, whatever it does: the allocator (brk, mmap and mprotect without
 /// PROT_EXEC, madvise to give memory back), locks and sleeps, signals (the vCPU kick, SIGTERM,
 /// the SIGSYS report itself), log lines on stderr, getrandom (std's hash maps), thread exit and
-/// the panic path (panic = abort: raise SIGABRT).
+/// the panic path (panic = abort: raise SIGABRT), and the set*id calls glibc makes on every
+/// thread when the process enters its jail (as the jail's user they can only set the ids the
+/// thread already has).
 pub fn common() -> Rules {
     Rules::new()
         .allow(&[
+            SYS_setgroups,
+            SYS_setresgid,
+            SYS_setresuid,
             SYS_futex,
             SYS_sched_yield,
             SYS_clock_gettime,

@@ -36,6 +36,8 @@ pub enum ControlOpError {
     Device(#[from] plainvm_devices::virtio::PersistError),
     #[error(transparent)]
     Busy(#[from] super::ops::Busy),
+    #[error(transparent)]
+    Jail(#[from] crate::host::jail::JailError),
 }
 
 /// What a snapshot took.
@@ -128,6 +130,12 @@ impl Vm {
     /// A running VM is paused for it and resumed afterwards, also when the snapshot fails; a
     /// paused VM stays paused.
     pub fn snapshot(&self, dir: &Path, diff: bool) -> Result<SnapshotResult, ControlOpError> {
+        // A jailed VM writes where its jail directory is its `/`; the paths it is given, and
+        // the parents its diff snapshots record, stay host paths.
+        let at = match self.jail.get() {
+            Some(j) => j.inside(dir)?,
+            None => dir.to_path_buf(),
+        };
         let _op = self.begin(Op::Snapshot)?;
         let t0 = Instant::now();
         let was_paused = self.is_paused();
@@ -137,7 +145,7 @@ impl Vm {
         let result = self
             .save_state()
             .and_then(|state| Ok(state.encode()?))
-            .and_then(|state| self.write_snapshot(dir, &state, diff));
+            .and_then(|state| self.write_snapshot(dir, &at, &state, diff));
         let pause = t0.elapsed();
         if !was_paused {
             self.resume_now();
@@ -150,9 +158,12 @@ impl Vm {
         })
     }
 
+    /// Write the snapshot of host path `dir` at `at` (the same path, or the one inside the
+    /// jail).
     fn write_snapshot(
         &self,
         dir: &Path,
+        at: &Path,
         state: &[u8],
         diff: bool,
     ) -> Result<SnapshotStats, ControlOpError> {
@@ -165,7 +176,7 @@ impl Vm {
             }
             let dirty = slots.take_dirty(&self.fd, &self.mem)?;
             let r = snapshot::create(
-                dir,
+                at,
                 state,
                 &self.mem,
                 MemoryContent::Diff {
@@ -181,7 +192,7 @@ impl Vm {
             r?
         } else {
             let stats = snapshot::create(
-                dir,
+                at,
                 state,
                 &self.mem,
                 MemoryContent::Full {

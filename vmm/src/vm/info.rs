@@ -26,9 +26,13 @@ pub struct VmInfo {
     /// The VMM's threads run under their seccomp filters (off only with `--seccomp off`).
     #[serde(default)]
     pub seccomp: bool,
-    /// The VMM runs in a jail (chroot, namespaces, dropped privileges): not yet, always false.
+    /// The VMM runs in its jail (`--jail`: its own mount namespace and root, an unprivileged
+    /// user, no capabilities).
     #[serde(default)]
     pub jailed: bool,
+    /// The jail's user, group and directory (the VM's `/`), when jailed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jail: Option<crate::host::jail::JailInfo>,
 }
 
 /// The hypercall device's view of the guest.
@@ -61,7 +65,8 @@ impl Vm {
             pid: std::process::id(),
             agent: self.agent_listening(),
             seccomp: crate::seccomp::enabled(),
-            jailed: false,
+            jailed: self.jail.get().is_some(),
+            jail: self.jail.get().cloned(),
             guest: GuestInfo {
                 boot_marks: h
                     .marks

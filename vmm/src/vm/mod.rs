@@ -20,6 +20,7 @@ use crate::device_manager::hypercall::HypercallState;
 use crate::device_manager::loop_gate::LoopGate;
 use crate::device_manager::virtio::EventLoop;
 use crate::host::exit::{ExitReason, ExitSignal};
+use crate::host::jail::JailInfo;
 use crate::memory::slots::MemorySlots;
 use crate::migration::progress::Progress;
 use crate::vcpu::control::VcpuControl;
@@ -32,7 +33,7 @@ use plainvm_devices::legacy::serial::SerialConsole;
 use plainvm_devices::virtio::MmioTransport;
 use plainvm_devices::{lock, GuestRam};
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Instant;
 
 /// Errors building or running a VM.
@@ -127,6 +128,8 @@ pub struct Vm {
     /// The control lock (`ops`): the operation running now.
     op: Mutex<Option<ops::Op>>,
     op_done: Condvar,
+    /// Set once the process has entered its jail (host/jail.rs).
+    jail: OnceLock<JailInfo>,
 }
 
 impl Vm {
@@ -143,6 +146,11 @@ impl Vm {
     /// End the VM for `reason` (the first reason given wins).
     pub fn end(&self, reason: ExitReason) {
         self.exit.request(reason);
+    }
+
+    /// Record that the process now runs in `jail` (snapshot paths are then mapped into it).
+    pub fn set_jailed(&self, jail: JailInfo) {
+        let _ = self.jail.set(jail);
     }
 
     /// The exit a finished request asked for (after a migration, or a kill), to be carried out
