@@ -15,6 +15,8 @@ Needs: a release build (cargo build --release) and qemu-system-x86.
 """
 import argparse, os, re, statistics, subprocess, sys, tempfile
 
+from bench_jail import jail_args
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLAINVM = os.environ.get("PLAINVM_BIN", os.path.join(ROOT, "target/release/plainvm"))
 QEMU_CPU = "qemu64,-cx16,-xsave,-smap,-smep,+xsaveerptr"
@@ -39,7 +41,7 @@ def tsc_hz():
 
 def plainvm_cmd(guest, img, mib):
     return [PLAINVM, "run", "--kernel", guest, "--memory", "256M", "--cmdline", f"blk-bench={mib}",
-            "--disk", f"path={img}"]
+            "--disk", f"path={img}"] + jail_args()
 
 
 def qemu_cmd(guest, img, mib, cache):

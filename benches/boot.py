@@ -12,6 +12,8 @@ Needs: a release build (cargo build --release), qemu-system-x86, resources/build
 """
 import argparse, os, re, statistics, subprocess, sys, tempfile, time
 
+from bench_jail import jail_args
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLAINVM = os.path.join(ROOT, "target/release/plainvm")
 CACHE = os.environ.get("PLAINVM_CACHE", "/var/cache/plainvm")
@@ -32,6 +34,7 @@ def qemu_cmd(kernel, append, initrd=None, debug_exit=True):
 
 def plainvm_cmd(kernel, append, initrd=None, verbose=False):
     cmd = [PLAINVM, "run", "--kernel", kernel, "--memory", f"{MEM_MIB}M", "--cmdline", append]
+    cmd += jail_args()
     if initrd:
         cmd += ["--initrd", initrd]
     if verbose:

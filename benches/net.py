@@ -15,6 +15,8 @@ Needs: root, a release build (cargo build --release), qemu-system-x86, gcc.
 """
 import argparse, json, os, re, statistics, subprocess, sys, tempfile, time
 
+from bench_jail import jail_args
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLAINVM = os.environ.get("PLAINVM_BIN", os.path.join(ROOT, "target/release/plainvm"))
 QEMU_CPU = "qemu64,-cx16,-xsave,-smap,-smep,+xsaveerptr"
@@ -102,7 +104,7 @@ def main():
     append = f"net-bench={args.mib}"
     vmms = {
         "plainvm": [PLAINVM, "run", "--kernel", elf, "--memory", "128M", "--cmdline", append,
-                    "--net", f"tap={TAP},mac={MAC}"],
+                    "--net", f"tap={TAP},mac={MAC}"] + jail_args(),
         "qemu": ["qemu-system-x86_64", "-enable-kvm", "-cpu", QEMU_CPU,
                  "-M", "microvm,acpi=off,pit=on,pic=on,rtc=on", "-m", "128", "-smp", "1",
                  "-nographic", "-nodefaults", "-serial", "stdio", "-no-reboot",

@@ -12,6 +12,8 @@ Needs a release build (cargo build --release) and qemu-system-x86.
 """
 import argparse, json, os, re, shutil, socket, statistics, subprocess, sys, tempfile, time
 
+from bench_jail import jail_args, jail_dir
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from qemu_ref import Qmp, qemu_cmd, wait_line  # noqa: E402
 
@@ -44,15 +46,17 @@ def plainvm_api(sock, method, path, body=None):
 def plainvm_round(tmp, tg, mib):
     sock = os.path.join(tmp, "pv.sock")
     out = os.path.join(tmp, "pv.out")
-    snap = os.path.join(tmp, "pv-snap")
+    # Jailed (PLAINVM_BENCH_JAIL), the snapshot goes inside the VM's jail directory.
+    snap = os.path.join(jail_dir() or tmp, "pv-snap")
     p = subprocess.Popen([PLAINVM, "run", "--kernel", tg, "--memory", f"{mib}M", "--api-sock", sock,
-                          "--cmdline", workload(mib)], stdout=open(out, "w"), stderr=subprocess.STDOUT)
+                          "--cmdline", workload(mib)] + jail_args(), stdout=open(out, "w"),
+                         stderr=subprocess.STDOUT)
     wait_line(out, "memwrite pass=1 ok")
     r = plainvm_api(sock, "PUT", "/snapshot/create", {"path": snap})
     p.kill(); p.wait()
     latencies = []
     for _ in range(ARGS.runs):
-        rp = subprocess.Popen([PLAINVM, "restore", snap, "--verbose"], stdout=subprocess.DEVNULL,
+        rp = subprocess.Popen([PLAINVM, "restore", snap, "--verbose"] + jail_args(), stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
         time.sleep(0.5)
         rp.terminate()

@@ -387,3 +387,103 @@ fn bad_jails_are_refused_before_anything_runs() {
     assert_ne!(o.status, Some(0), "{}", o.dump());
     assert!(o.stderr.contains("cannot set up the jail"), "{}", o.dump());
 }
+
+/// CPU time (user + system) of process `pid` so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = &stat[stat.rfind(')').map_or(0, |i| i + 1)..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After ')': utime and stime are fields 14 and 15, i.e. indexes 11 and 12.
+    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+}
+
+/// The cgroup path of `pid` for `controller` in /proc/PID/cgroup.
+fn cgroup_of(pid: u32, controller: &str) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctls, path) = (f.next()?, f.next()?, f.next()?);
+            (ctls.split(',').any(|c| c == controller) || (ctls.is_empty() && path != "/"))
+                .then(|| path.to_string())
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_vm_in_its_cgroup_is_held_to_its_limits() {
+    let dir = scratch("cgroup");
+    let name = format!("cg-{}", std::process::id());
+    // A guest that never stops computing, held to 10% of one CPU.
+    let sock = dir.join("api.sock");
+    let mut vm = TestVm::start(
+        &[
+            "run",
+            "--name",
+            &name,
+            "--api-sock",
+            sock.to_str().unwrap(),
+            "--cgroup",
+            "cpu.max=10000 100000,pids.max=64",
+            "--jail",
+            &ids(UID, GID),
+            "--jail-dir",
+            dir.join("jail").to_str().unwrap(),
+            "--cmdline",
+            "memwrite=8 passes=0",
+        ],
+        &dir.join("cpu.out"),
+    );
+    wait_api(&sock);
+    for c in ["cpu", "pids"] {
+        assert!(
+            cgroup_of(vm.pid(), c).ends_with(&format!("plainvm/{name}")),
+            "{c}: {}",
+            std::fs::read_to_string(format!("/proc/{}/cgroup", vm.pid())).unwrap()
+        );
+    }
+    let v = info(&sock);
+    assert!(
+        v["cgroup"]["paths"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty()),
+        "{v}"
+    );
+    let (t0, c0) = (Instant::now(), cpu_ticks(vm.pid()));
+    std::thread::sleep(Duration::from_secs(3));
+    let used = (cpu_ticks(vm.pid()) - c0) as f64 / 100.0; // USER_HZ = 100
+    let share = used / t0.elapsed().as_secs_f64();
+    assert!(share < 0.3, "the VM used {:.0}% of a CPU", share * 100.0);
+    assert!(vm.output().contains("memwrite pass="), "{}", vm.dump());
+    vm.kill();
+
+    // Guest RAM counts: a guest that touches 200 MiB under memory.max=64M is ended by the
+    // kernel (the host stays fine), and only that VM.
+    let o = plainvm(
+        &[
+            "run",
+            "--name",
+            &format!("{name}-mem"),
+            "--memory",
+            "256M",
+            "--cgroup",
+            "memory.max=64M",
+            "--cmdline",
+            "memwrite=200 passes=1",
+        ],
+        T,
+    );
+    assert_ne!(o.status, Some(0), "{}", o.dump());
+    assert!(!o.stdout.contains("MEMWRITE-DONE"), "{}", o.dump());
+    // Bad limits are refused before anything runs.
+    for (bad, want) in [
+        ("memory.max=1M", "below 16 MiB"),
+        ("cpu.max=5 100000", "quota"),
+        ("io.max=5", "invalid --cgroup"),
+    ] {
+        let o = plainvm(&["run", "--cmdline", "idle", "--cgroup", bad], T);
+        assert_eq!(o.status, Some(1), "{bad}: {}", o.dump());
+        assert!(o.stderr.contains(want), "{bad}: {}", o.dump());
+    }
+}

@@ -86,6 +86,10 @@ pub struct ReceiveArgs {
     /// The jail's directory, the VM's `/` (default /var/lib/plainvm/jail/NAME).
     #[arg(long, value_name = "DIR")]
     pub jail_dir: Option<PathBuf>,
+    /// Put the VM in a cgroup of its own with these limits, e.g.
+    /// memory.max=512M,cpu.max=50000 100000,pids.max=256 (see docs/security.md).
+    #[arg(long, value_name = "memory.max=SIZE,cpu.max=QUOTA [PERIOD],pids.max=N")]
+    pub cgroup: Option<String>,
 }
 
 /// `--on-timeout`.
@@ -190,23 +194,15 @@ pub fn run_receive(args: ReceiveArgs) -> Result<i32, String> {
     if let Some(name) = &args.name {
         crate::host::registry::check_free(name).map_err(|e| e.to_string())?;
     }
-    let jail =
-        crate::config::jail::from_flags(args.jail.as_deref(), args.jail_dir.as_deref(), None)
-            .map_err(|e| e.to_string())?;
-    let mut jail = match &jail {
-        // Before any thread starts; what the incoming VM needs shown is known only later.
-        Some(j) => Some(
-            crate::host::jail::Jail::prepare(
-                j,
-                &args
-                    .name
-                    .clone()
-                    .unwrap_or_else(crate::host::registry::generated_name),
-            )
+    let host = super::run::HostSettings {
+        seccomp: args.seccomp.unwrap_or_default(),
+        jail: crate::config::jail::from_flags(args.jail.as_deref(), args.jail_dir.as_deref(), None)
             .map_err(|e| e.to_string())?,
-        ),
-        None => None,
+        cgroup: super::run::cgroup_limits(args.cgroup.as_deref(), None)?,
     };
+    // Before any thread starts, and before the incoming VM's memory exists; what the VM needs
+    // shown in the jail is known only once its configuration arrives.
+    let mut confined = super::run::confine(&host, args.name.as_deref(), None)?;
     let mut incoming = Incoming::accept(listen, key.as_ref()).map_err(failed)?;
     let taken = take(
         &mut incoming,
@@ -216,12 +212,10 @@ pub fn run_receive(args: ReceiveArgs) -> Result<i32, String> {
     )
     .and_then(|(vm, reg, api)| {
         // Jailed before the commit: a jail that cannot be entered leaves the source running.
-        if let Some(j) = jail.as_mut() {
-            if let Some(dir) = vm.config().vsock.as_ref().and_then(|v| v.socket.parent()) {
-                j.show(dir);
-            }
+        if let (Some(j), Some(dir)) = (confined.jail.as_mut(), super::run::vsock_dir(vm.config())) {
+            j.show(dir);
         }
-        super::run::enter_jail(jail.as_ref(), &vm)?;
+        super::run::enter(&confined, &vm)?;
         Ok((vm, reg, api))
     });
     let (vm, reg, api) = match taken {

@@ -3,8 +3,10 @@
 
 use crate::api;
 use crate::config::admission::Admission;
+use crate::config::cgroup::{self, CgroupConfig, CgroupLimits};
 use crate::config::jail::{self, JailConfig};
 use crate::config::{FileConfig, Seccomp, VmConfig};
+use crate::host::cgroup::CgroupInfo;
 use crate::host::exit::ExitReason;
 use crate::host::jail::Jail;
 use crate::host::registry::{self, Registration};
@@ -40,6 +42,10 @@ pub struct RestoreArgs {
     /// The jail's directory, the VM's `/` (default /var/lib/plainvm/jail/NAME).
     #[arg(long, value_name = "DIR")]
     pub jail_dir: Option<PathBuf>,
+    /// Put the VM in a cgroup of its own with these limits, e.g.
+    /// memory.max=512M,cpu.max=50000 100000,pids.max=256 (see docs/security.md).
+    #[arg(long, value_name = "memory.max=SIZE,cpu.max=QUOTA [PERIOD],pids.max=N")]
+    pub cgroup: Option<String>,
     /// Change a host-specific configuration key (nets, disks, vsock, cpu_affinity), e.g.
     /// `--set 'nets=[{"tap":"tap7"}]'`; objects and lists are merged into the saved ones.
     #[arg(long = "set", value_name = "KEY=JSON")]
@@ -121,14 +127,25 @@ pub struct RunArgs {
     /// The jail's directory, the VM's `/` (default /var/lib/plainvm/jail/NAME).
     #[arg(long, value_name = "DIR")]
     pub jail_dir: Option<PathBuf>,
+    /// Put the VM in a cgroup of its own with these limits, e.g.
+    /// memory.max=512M,cpu.max=50000 100000,pids.max=256 (see docs/security.md).
+    #[arg(long, value_name = "memory.max=SIZE,cpu.max=QUOTA [PERIOD],pids.max=N")]
+    pub cgroup: Option<String>,
     /// Print boot milestones and timing on exit.
     #[arg(long, short)]
     pub verbose: bool,
 }
 
-/// The configuration `args` describe (the config file, with the flags on top), whether the
-/// threads are filtered, and the jail.
-fn config(args: &RunArgs) -> Result<(VmConfig, Seccomp, Option<JailConfig>), String> {
+/// What the local operator alone decides about the VMM process: filters, jail and cgroup.
+pub struct HostSettings {
+    pub seccomp: Seccomp,
+    pub jail: Option<JailConfig>,
+    pub cgroup: Option<CgroupLimits>,
+}
+
+/// The configuration `args` describe (the config file, with the flags on top), and the host
+/// settings.
+fn config(args: &RunArgs) -> Result<(VmConfig, HostSettings), String> {
     let file = match &args.config {
         Some(p) => FileConfig::load(p).map_err(|e| e.to_string())?,
         None => FileConfig::default(),
@@ -176,6 +193,7 @@ fn config(args: &RunArgs) -> Result<(VmConfig, Seccomp, Option<JailConfig>), Str
             .map_err(|e| e.to_string())?,
         seccomp: args.seccomp,
         jail: None,
+        cgroup: None,
     };
     let merged = file.merge(flags);
     let seccomp = merged.seccomp.unwrap_or_default();
@@ -185,34 +203,79 @@ fn config(args: &RunArgs) -> Result<(VmConfig, Seccomp, Option<JailConfig>), Str
         merged.jail.clone(),
     )
     .map_err(|e| e.to_string())?;
-    Ok((merged.validate().map_err(|e| e.to_string())?, seccomp, jail))
+    let cgroup = cgroup_limits(args.cgroup.as_deref(), merged.cgroup.clone())?;
+    let cfg = merged.validate().map_err(|e| e.to_string())?;
+    Ok((
+        cfg,
+        HostSettings {
+            seccomp,
+            jail,
+            cgroup,
+        },
+    ))
 }
 
-/// The jail's first step (before any thread starts), for VM `name` (None: the generated name)
-/// with `cfg`'s vsock directory shown inside it.
-pub fn prepare_jail(
-    jail: Option<&JailConfig>,
-    name: Option<&str>,
-    cfg: &VmConfig,
-) -> Result<Option<Jail>, String> {
-    let Some(j) = jail else {
-        return Ok(None);
+/// The cgroup limits of `--cgroup` (over the config file's).
+pub fn cgroup_limits(
+    flag: Option<&str>,
+    file: Option<CgroupConfig>,
+) -> Result<Option<CgroupLimits>, String> {
+    let c = match flag {
+        Some(f) => Some(cgroup::parse_cgroup(f).map_err(|e| e.to_string())?),
+        None => file,
     };
-    let name = name.map_or_else(registry::generated_name, str::to_string);
-    let mut jail = Jail::prepare(j, &name).map_err(|e| e.to_string())?;
-    // Guest connections to host port P go to the socket PATH_P beside the vsock socket.
-    if let Some(dir) = cfg.vsock.as_ref().and_then(|v| v.socket.parent()) {
-        jail.show(dir);
-    }
-    Ok(Some(jail))
+    c.map(|c| c.limits().map_err(|e| e.to_string())).transpose()
 }
 
-/// The jail's second step: `vm` runs jailed from here on.
-pub fn enter_jail(jail: Option<&Jail>, vm: &Vm) -> Result<(), String> {
-    if let Some(j) = jail {
+/// What confines the VMM process on its host: its jail (prepared) and its cgroup (entered).
+pub struct Confinement {
+    pub jail: Option<Jail>,
+    pub cgroup: Option<CgroupInfo>,
+}
+
+/// The first steps, before any thread starts and before the VM is built, for VM `name` (None:
+/// the generated name): the process enters its cgroup, and its jail is prepared with the
+/// vsock socket's directory `vsock_dir` to be shown inside.
+pub fn confine(
+    settings: &HostSettings,
+    name: Option<&str>,
+    vsock_dir: Option<&Path>,
+) -> Result<Confinement, String> {
+    let name = name.map_or_else(registry::generated_name, str::to_string);
+    let cgroup = settings
+        .cgroup
+        .as_ref()
+        .map(|l| crate::host::cgroup::enter(&name, l))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let jail = match &settings.jail {
+        Some(j) => {
+            let mut jail = Jail::prepare(j, &name).map_err(|e| e.to_string())?;
+            // Guest connections to host port P go to the socket PATH_P beside the vsock socket.
+            if let Some(dir) = vsock_dir {
+                jail.show(dir);
+            }
+            Some(jail)
+        }
+        None => None,
+    };
+    Ok(Confinement { jail, cgroup })
+}
+
+/// The last step: `vm` runs jailed from here on, and knows its cgroup.
+pub fn enter(c: &Confinement, vm: &Vm) -> Result<(), String> {
+    if let Some(info) = &c.cgroup {
+        vm.set_cgroup(info.clone());
+    }
+    if let Some(j) = &c.jail {
         vm.set_jailed(j.enter().map_err(|e| e.to_string())?);
     }
     Ok(())
+}
+
+/// The directory of `cfg`'s vsock socket.
+pub fn vsock_dir(cfg: &VmConfig) -> Option<&Path> {
+    cfg.vsock.as_ref().and_then(|v| v.socket.parent())
 }
 
 /// Set up the seccomp filters (compiled now, installed by each thread once it is set up).
@@ -222,12 +285,12 @@ pub fn filters(setting: Option<Seccomp>) -> Result<(), String> {
 
 /// `plainvm run`.
 pub fn run(args: RunArgs, start: Instant) -> Result<i32, String> {
-    let (cfg, seccomp, jail) = config(&args)?;
-    filters(Some(seccomp))?;
-    let jail = prepare_jail(jail.as_ref(), args.name.as_deref(), &cfg)?;
+    let (cfg, host) = config(&args)?;
+    filters(Some(host.seccomp))?;
+    let confined = confine(&host, args.name.as_deref(), vsock_dir(&cfg))?;
     let reg = register(args.name.as_deref(), args.api_sock.as_deref(), &cfg)?;
     let vm = Arc::new(Vm::boot(&cfg).map_err(|e| e.to_string())?);
-    serve(&vm, reg.as_ref(), args.api_sock.as_deref(), jail.as_ref())?;
+    serve(&vm, reg.as_ref(), args.api_sock.as_deref(), &confined)?;
     let out = vm.run().map_err(|e| e.to_string())?;
     drop(reg);
     report(out, args.verbose, start)
@@ -245,9 +308,13 @@ pub fn restore(args: RestoreArgs, start: Instant) -> Result<i32, String> {
         .map_err(|e| e.to_string())?;
     cfg.check()
         .map_err(|e| format!("the snapshot's configuration cannot be used here: {e}"))?;
-    let jail = jail::from_flags(args.jail.as_deref(), args.jail_dir.as_deref(), None)
-        .map_err(|e| e.to_string())?;
-    let jail = prepare_jail(jail.as_ref(), args.name.as_deref(), &cfg)?;
+    let host = HostSettings {
+        seccomp: args.seccomp.unwrap_or_default(),
+        jail: jail::from_flags(args.jail.as_deref(), args.jail_dir.as_deref(), None)
+            .map_err(|e| e.to_string())?,
+        cgroup: cgroup_limits(args.cgroup.as_deref(), None)?,
+    };
+    let confined = confine(&host, args.name.as_deref(), vsock_dir(&cfg))?;
     let reg = register(args.name.as_deref(), args.api_sock.as_deref(), &cfg)?;
     // The whole chain of parents is checked before anything is registered or opened.
     crate::snapshot::parent_chain(&args.dir, admission.allow_dirs()).map_err(|e| e.to_string())?;
@@ -258,7 +325,7 @@ pub fn restore(args: RestoreArgs, start: Instant) -> Result<i32, String> {
     };
     let vm = Arc::new(Vm::restore(&cfg, &state, memory).map_err(|e| e.to_string())?);
     drop(state);
-    serve(&vm, reg.as_ref(), args.api_sock.as_deref(), jail.as_ref())?;
+    serve(&vm, reg.as_ref(), args.api_sock.as_deref(), &confined)?;
     let out = vm.run().map_err(|e| e.to_string())?;
     drop(reg);
     if args.verbose {
@@ -289,13 +356,13 @@ pub fn serve(
     vm: &Arc<Vm>,
     reg: Option<&Registration>,
     api_sock: Option<&Path>,
-    jail: Option<&Jail>,
+    confined: &Confinement,
 ) -> Result<(), String> {
     let listener = api_path(reg, api_sock)
         .map(|s| api::server::bind(&s))
         .transpose()
         .map_err(|e| e.to_string())?;
-    enter_jail(jail, vm)?;
+    enter(confined, vm)?;
     match listener {
         Some(l) => api::server::start_on(l, vm.clone()).map_err(|e| e.to_string()),
         None => Ok(()),

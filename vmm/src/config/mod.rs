@@ -2,6 +2,7 @@
 
 pub mod admission;
 pub mod balloon;
+pub mod cgroup;
 pub mod cpu_list;
 pub mod disk;
 pub mod jail;
@@ -121,6 +122,9 @@ pub struct FileConfig {
     /// Run as this unprivileged user, seeing only a directory of its own ("UID:GID" or
     /// {"uid", "gid", "dir"}). Not part of `VmConfig` either.
     pub jail: Option<jail::JailConfig>,
+    /// Limits for the VM's own cgroup ({"memory.max": "512M", "cpu.max": "50000 100000",
+    /// "pids.max": "256"}). Not part of `VmConfig` either.
+    pub cgroup: Option<cgroup::CgroupConfig>,
 }
 
 /// A validated VM configuration.
@@ -196,6 +200,7 @@ impl FileConfig {
             balloon: over.balloon.or(self.balloon),
             seccomp: over.seccomp.or(self.seccomp),
             jail: over.jail.or(self.jail),
+            cgroup: over.cgroup.or(self.cgroup),
         }
     }
 

@@ -1,6 +1,7 @@
 //! The VMM process on its host: the registry of named VMs, the console and terminal, the heap,
-//! the jail, and why the process ends.
+//! the jail and the cgroup, and why the process ends.
 
+pub mod cgroup;
 pub mod console;
 pub mod exit;
 pub mod heap;

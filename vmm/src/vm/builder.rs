@@ -237,5 +237,6 @@ fn assemble(
         op: Mutex::new(None),
         op_done: std::sync::Condvar::new(),
         jail: std::sync::OnceLock::new(),
+        cgroup: std::sync::OnceLock::new(),
     })
 }

@@ -33,6 +33,9 @@ pub struct VmInfo {
     /// The jail's user, group and directory (the VM's `/`), when jailed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jail: Option<crate::host::jail::JailInfo>,
+    /// The VM's own cgroup (`--cgroup`), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<crate::host::cgroup::CgroupInfo>,
 }
 
 /// The hypercall device's view of the guest.
@@ -67,6 +70,7 @@ impl Vm {
             seccomp: crate::seccomp::enabled(),
             jailed: self.jail.get().is_some(),
             jail: self.jail.get().cloned(),
+            cgroup: self.cgroup.get().cloned(),
             guest: GuestInfo {
                 boot_marks: h
                     .marks

@@ -19,6 +19,7 @@ use crate::device_manager::balloon::BalloonControl;
 use crate::device_manager::hypercall::HypercallState;
 use crate::device_manager::loop_gate::LoopGate;
 use crate::device_manager::virtio::EventLoop;
+use crate::host::cgroup::CgroupInfo;
 use crate::host::exit::{ExitReason, ExitSignal};
 use crate::host::jail::JailInfo;
 use crate::memory::slots::MemorySlots;
@@ -130,6 +131,8 @@ pub struct Vm {
     op_done: Condvar,
     /// Set once the process has entered its jail (host/jail.rs).
     jail: OnceLock<JailInfo>,
+    /// Set once the process is in its own cgroup (host/cgroup.rs).
+    cgroup: OnceLock<CgroupInfo>,
 }
 
 impl Vm {
@@ -151,6 +154,11 @@ impl Vm {
     /// Record that the process now runs in `jail` (snapshot paths are then mapped into it).
     pub fn set_jailed(&self, jail: JailInfo) {
         let _ = self.jail.set(jail);
+    }
+
+    /// Record the cgroup the process runs in.
+    pub fn set_cgroup(&self, cgroup: CgroupInfo) {
+        let _ = self.cgroup.set(cgroup);
     }
 
     /// The exit a finished request asked for (after a migration, or a kill), to be carried out
