@@ -325,7 +325,13 @@ fn linux_with_disk_net_and_vsock_keeps_working_after_restores() {
     // It boots and takes its snapshot in a jail (tests/jail.rs); the first restore is jailed,
     // the second is not.
     let jail = dir.join("jail");
-    let (sock, snap, vsock) = (dir.join("api.sock"), jail.join("snap"), dir.join("v.sock"));
+    // The vsock socket in a directory of its own: a jailed VM sees that directory (read-only).
+    let (sock, snap, vsock) = (
+        dir.join("api.sock"),
+        jail.join("snap"),
+        dir.join("vsock/v.sock"),
+    );
+    std::fs::create_dir(dir.join("vsock")).unwrap();
     let cmdline = format!(
         "{} root=/dev/vda rw plainvm.cmd=tick plainvm.ticks=8 plainvm.agent=on",
         a.cmdline

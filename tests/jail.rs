@@ -347,6 +347,53 @@ fn bad_jails_are_refused_before_anything_runs() {
             "not a directory",
         ),
     ];
+    // Someone else's directory, one under a parent others can write, and a name that is a path.
+    let theirs = dir.join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(12_345), Some(12_345)).unwrap();
+    let shared = std::env::temp_dir().join(format!("plainvm-jail-shared-{}", std::process::id()));
+    let mut cases = cases;
+    cases.extend([
+        (
+            vec![
+                "--jail".into(),
+                ids(UID, GID),
+                "--jail-dir".into(),
+                theirs.display().to_string(),
+            ],
+            "neither root nor the jail's user",
+        ),
+        (
+            vec![
+                "--jail".into(),
+                ids(UID, GID),
+                "--jail-dir".into(),
+                shared.display().to_string(),
+            ],
+            "writable by root only",
+        ),
+        (
+            vec![
+                "--jail".into(),
+                ids(UID, GID),
+                "--name".into(),
+                "../etc".into(),
+            ],
+            "invalid VM name",
+        ),
+        // The vsock socket's directory holds the jail: showing it would show the jail to itself.
+        (
+            vec![
+                "--jail".into(),
+                ids(UID, GID),
+                "--jail-dir".into(),
+                dir.join("j2").display().to_string(),
+                "--vsock".into(),
+                format!("cid=3,socket={}", dir.join("v.sock").display()),
+            ],
+            "directory of its own",
+        ),
+    ]);
     for (extra, want) in cases {
         let mut args = vec!["run", "--cmdline", "idle"];
         args.extend(extra.iter().map(String::as_str));
@@ -355,6 +402,9 @@ fn bad_jails_are_refused_before_anything_runs() {
         assert!(o.stderr.contains(want), "{extra:?}: {}", o.dump());
         assert!(!o.stdout.contains("hello from vCPU"), "{}", o.dump());
     }
+    assert!(!shared.exists());
+    assert_eq!(std::fs::metadata(&theirs).unwrap().uid(), 12_345);
+    assert_eq!(std::fs::metadata("/etc").unwrap().uid(), 0);
     // The config file's key works like the flag, and is checked like it.
     let cfg = dir.join("vm.json");
     std::fs::write(&cfg, r#"{"cmdline": "idle", "jail": "0:5"}"#).unwrap();

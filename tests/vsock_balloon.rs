@@ -123,6 +123,12 @@ fn linux_guest_uses_vsock_balloon_and_rng() {
     let dir = scratch("vsock-balloon");
     let sock: PathBuf = dir.join("v.sock");
     let host_listener = UnixListener::bind(format!("{}_5000", sock.display())).unwrap();
+    // The VMM runs jailed (tests/jail.rs): it reaches this listener through the read-only view
+    // of the socket's directory in its jail, as the jail's user.
+    use std::os::unix::fs::PermissionsExt;
+    let perm = std::fs::Permissions::from_mode(0o777);
+    std::fs::set_permissions(format!("{}_5000", sock.display()), perm).unwrap();
+    let jail = scratch("vsock-balloon-jail").join("jail");
     let guest_msg = serve_echo(host_listener, 2 * BOOT_LIMIT);
     let cmdline = format!("{} plainvm.cmd=vsock-balloon", a.cmdline);
     let vsock = format!("cid=3,socket={}", sock.display());
@@ -142,6 +148,10 @@ fn linux_guest_uses_vsock_balloon_and_rng() {
             &vsock,
             "--balloon",
             "size=64M",
+            "--jail",
+            "64221:64221",
+            "--jail-dir",
+            jail.to_str().unwrap(),
         ],
         &dir.join("console.txt"),
     );

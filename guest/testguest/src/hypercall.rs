@@ -241,9 +241,11 @@ pub fn selftest(ram: u64) {
         .u(ns_per_call)
         .s("\n");
     // The device allows a burst of 32, then 8 per second: how many got through depends on how
-    // long the flood took (a loaded host runs it slower), never more than that.
+    // long the flood took (a loaded host runs it slower), never more than that. The log calls
+    // above took from the same burst (`log` one token, at most a few more had time to come
+    // back), so fewer than 32 may get through: 31 did once on a quick host.
     let secs = (ns_per_call * 500).div_ceil(1_000_000_000);
-    r.check("log-flood", ok >= 32 && ok <= 32 + 8 * secs + 1, ok);
+    r.check("log-flood", ok >= 24 && ok <= 32 + 8 * secs + 1, ok);
 
     match call(m, nr::HOST_TIME, [0; 4]) {
         Ok([lo, hi, ns, _]) => {

@@ -213,7 +213,7 @@ pub fn run_receive(args: ReceiveArgs) -> Result<i32, String> {
     .and_then(|(vm, reg, api)| {
         // Jailed before the commit: a jail that cannot be entered leaves the source running.
         if let (Some(j), Some(dir)) = (confined.jail.as_mut(), super::run::vsock_dir(vm.config())) {
-            j.show(dir);
+            j.show(dir).map_err(|e| e.to_string())?;
         }
         super::run::enter(&confined, &vm)?;
         Ok((vm, reg, api))

@@ -241,7 +241,15 @@ pub fn confine(
     name: Option<&str>,
     vsock_dir: Option<&Path>,
 ) -> Result<Confinement, String> {
+    if settings.jail.is_none() && settings.cgroup.is_none() {
+        return Ok(Confinement {
+            jail: None,
+            cgroup: None,
+        });
+    }
+    // The name becomes a directory and a cgroup: checked (and free) before either is touched.
     let name = name.map_or_else(registry::generated_name, str::to_string);
+    registry::check_free(&name).map_err(|e| e.to_string())?;
     let cgroup = settings
         .cgroup
         .as_ref()
@@ -253,7 +261,7 @@ pub fn confine(
             let mut jail = Jail::prepare(j, &name).map_err(|e| e.to_string())?;
             // Guest connections to host port P go to the socket PATH_P beside the vsock socket.
             if let Some(dir) = vsock_dir {
-                jail.show(dir);
+                jail.show(dir).map_err(|e| e.to_string())?;
             }
             Some(jail)
         }
@@ -314,10 +322,10 @@ pub fn restore(args: RestoreArgs, start: Instant) -> Result<i32, String> {
             .map_err(|e| e.to_string())?,
         cgroup: cgroup_limits(args.cgroup.as_deref(), None)?,
     };
-    let confined = confine(&host, args.name.as_deref(), vsock_dir(&cfg))?;
-    let reg = register(args.name.as_deref(), args.api_sock.as_deref(), &cfg)?;
     // The whole chain of parents is checked before anything is registered or opened.
     crate::snapshot::parent_chain(&args.dir, admission.allow_dirs()).map_err(|e| e.to_string())?;
+    let confined = confine(&host, args.name.as_deref(), vsock_dir(&cfg))?;
+    let reg = register(args.name.as_deref(), args.api_sock.as_deref(), &cfg)?;
     let memory = RestoreMemory::Snapshot {
         dir: args.dir.clone(),
         copy: args.copy_memory,

@@ -24,6 +24,8 @@ pub enum CgroupError {
         "the cgroup {0} still holds processes: is a VM of that name running? pick another --name"
     )]
     Busy(PathBuf),
+    #[error(transparent)]
+    Name(#[from] crate::host::registry::RegistryError),
     #[error("this host has no cgroup controller '{0}' (neither cgroup v2 nor a v1 hierarchy under /sys/fs/cgroup)")]
     NoController(&'static str),
 }
@@ -120,6 +122,7 @@ fn write(dir: &Path, file: &str, value: &str) -> Result<(), CgroupError> {
 
 /// Put this process (every thread) in cgroup `plainvm/NAME` with `limits`.
 pub fn enter(name: &str, limits: &CgroupLimits) -> Result<CgroupInfo, CgroupError> {
+    crate::host::registry::check_name(name)?;
     let root = Path::new(ROOT);
     let pid = std::process::id().to_string();
     if root.join("cgroup.controllers").exists() {

@@ -10,21 +10,31 @@
 use crate::config::jail::JailConfig;
 use serde::{Deserialize, Serialize};
 use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 
 /// Errors setting up or using the jail.
 #[derive(Debug, thiserror::Error)]
 pub enum JailError {
-    #[error("cannot set up the jail: {what} failed: {source} (the jail needs root, or CAP_SYS_ADMIN, CAP_SETUID and CAP_SETGID)")]
+    #[error("cannot set up the jail: {what} failed: {source} (start plainvm as root to jail it)")]
     Setup {
         what: String,
         source: std::io::Error,
     },
+    #[error("cannot set up the jail: {0} (start plainvm as root, without securebits, to jail it)")]
+    NotRoot(String),
+    #[error("the jail did not take: {0}; the VM does not start")]
+    NotDropped(String),
     #[error("cannot set up the jail: the process already runs {0} threads (a jail must be prepared before any thread starts; this is a bug in plainvm)")]
     Threads(u64),
     #[error("the jail directory {0} is not a directory (a symlink?): remove it or give another --jail-dir")]
     NotDir(PathBuf),
+    #[error(transparent)]
+    Name(#[from] crate::host::registry::RegistryError),
+    #[error("cannot set up the jail: {0}")]
+    Unsafe(String),
     #[error("this VM is jailed in {dir}: it can only write under that directory, and {path} is not under it (give a path such as {dir}/snap1)")]
     Outside { dir: PathBuf, path: PathBuf },
 }
@@ -71,6 +81,52 @@ pub struct Jail {
     binds: Vec<PathBuf>,
 }
 
+/// The real, effective and saved user ids.
+fn resuid() -> (u32, u32, u32) {
+    let (mut r, mut e, mut s) = (0, 0, 0);
+    // SAFETY: getresuid writes three uid_t through the pointers, which outlive the call.
+    unsafe { libc::getresuid(&mut r, &mut e, &mut s) };
+    (r, e, s)
+}
+
+/// This thread's effective and permitted capability sets (all 64 bits), from capget(2).
+fn capabilities() -> Option<(u64, u64)> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: version 3 of capget writes two `Data` records (64-bit sets), which `data` holds;
+    // both pointers outlive the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &mut header as *mut Header,
+            data.as_mut_ptr(),
+        )
+    };
+    (r == 0).then(|| {
+        let wide = |lo: u32, hi: u32| u64::from(lo) | (u64::from(hi) << 32);
+        (
+            wide(data[0].effective, data[1].effective),
+            wide(data[0].permitted, data[1].permitted),
+        )
+    })
+}
+
 /// The number of threads of this process.
 fn threads() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -114,11 +170,106 @@ fn mount(src: Option<&Path>, dst: &Path, flags: libc::c_ulong) -> Result<(), Jai
     check(r, format!("mount {}", dst.display()))
 }
 
-/// Bind `src` on `dst`, then make the bind nosuid, nodev and noexec.
-fn bind(src: &Path, dst: &Path) -> Result<(), JailError> {
+/// Bind `src` on `dst`, then make the bind nosuid, nodev and noexec (and read-only with
+/// `read_only`).
+fn bind(src: &Path, dst: &Path, read_only: bool) -> Result<(), JailError> {
     mount(Some(src), dst, libc::MS_BIND)?;
-    let locked = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    let mut locked = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    if read_only {
+        locked |= libc::MS_RDONLY;
+    }
     mount(None, dst, libc::MS_BIND | libc::MS_REMOUNT | locked)
+}
+
+/// Open directory `path` (not through a symlink in its last component).
+fn open_dir(at: Option<&OwnedFd>, path: &Path) -> std::io::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let base = at.map_or(libc::AT_FDCWD, |f| f.as_raw_fd());
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: `c` is NUL-terminated; `base` is AT_FDCWD or a descriptor we own.
+    let fd = unsafe { libc::openat(base, c.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: openat just returned this descriptor, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Make the jail directory `dir` (created if missing) the jail user's, mode 0700. It must be a
+/// real directory (not a symlink, not `/`), in a parent only root can change, and, if it exists,
+/// belong to root or to the jail's user already: `--jail-dir` cannot hand someone else's
+/// directory to the jail.
+fn own_dir(dir: &Path, uid: u32, gid: u32) -> Result<(), JailError> {
+    let parent = match dir.parent() {
+        Some(p) if dir.file_name().is_some() => p,
+        _ => return Err(JailError::NotDir(dir.to_path_buf())),
+    };
+    std::fs::create_dir_all(parent).map_err(setup(format!("creating {}", parent.display())))?;
+    let p = std::fs::metadata(parent).map_err(setup(format!("inspecting {}", parent.display())))?;
+    if p.uid() != 0 || p.mode() & 0o022 != 0 {
+        return Err(JailError::Unsafe(format!(
+            "its parent {} must belong to root and be writable by root only",
+            parent.display()
+        )));
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(setup(format!("creating {}", dir.display()))(e)),
+    }
+    let fd = open_dir(None, dir).map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP | libc::ENOTDIR) => JailError::NotDir(dir.to_path_buf()),
+        _ => setup(format!("opening {}", dir.display()))(e),
+    })?;
+    let m = std::fs::File::from(fd.try_clone().map_err(setup("dup"))?)
+        .metadata()
+        .map_err(setup(format!("inspecting {}", dir.display())))?;
+    if m.uid() != 0 && m.uid() != uid {
+        return Err(JailError::Unsafe(format!(
+            "{} belongs to uid {}, neither root nor the jail's user",
+            dir.display(),
+            m.uid()
+        )));
+    }
+    // SAFETY: fchown and fchmod on a descriptor we own: no path is resolved again.
+    let r = unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) };
+    check(r, format!("giving {} to {uid}:{gid}", dir.display()))?;
+    // SAFETY: as above.
+    let r = unsafe { libc::fchmod(fd.as_raw_fd(), 0o700) };
+    check(r, format!("chmod 0700 {}", dir.display()))
+}
+
+/// Create `rel` (relative, plain names only) under `root`, one directory at a time and never
+/// through a symlink (the jail's user owns `root` and may have planted some); returns the
+/// innermost directory.
+fn mkdirs_beneath(root: &Path, rel: &Path) -> Result<OwnedFd, JailError> {
+    let mut at = open_dir(None, root).map_err(setup(format!("opening {}", root.display())))?;
+    for c in rel.components() {
+        let Component::Normal(name) = c else {
+            return Err(JailError::Unsafe(format!(
+                "{} is not a plain path",
+                rel.display()
+            )));
+        };
+        let cname = CString::new(name.as_bytes())
+            .map_err(|_| setup("a path")(std::io::ErrorKind::InvalidInput.into()))?;
+        // SAFETY: `cname` is NUL-terminated; `at` is a directory descriptor we own.
+        let r = unsafe { libc::mkdirat(at.as_raw_fd(), cname.as_ptr(), 0o755) };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EEXIST) {
+                return Err(setup(format!("creating {}", rel.display()))(e));
+            }
+        }
+        at = open_dir(Some(&at), Path::new(name)).map_err(|e| {
+            JailError::Unsafe(format!(
+                "{} in the jail is not a plain directory ({e})",
+                rel.display()
+            ))
+        })?;
+    }
+    Ok(at)
 }
 
 impl Jail {
@@ -126,6 +277,20 @@ impl Jail {
     /// jail directory (`cfg.dir`, or the default for `name`), created if missing and given to
     /// the jail's user (mode 0700).
     pub fn prepare(cfg: &JailConfig, name: &str) -> Result<Jail, JailError> {
+        crate::host::registry::check_name(name)?;
+        // Leaving uid 0 is what clears the capabilities: that needs every uid 0 now, and no
+        // securebits (KEEP_CAPS, NO_SETUID_FIXUP) that would keep them across the change.
+        let ids = resuid();
+        if ids != (0, 0, 0) {
+            return Err(JailError::NotRoot(format!(
+                "the user ids are {ids:?}, not root's"
+            )));
+        }
+        // SAFETY: PR_GET_SECUREBITS takes no pointers.
+        let bits = unsafe { libc::prctl(libc::PR_GET_SECUREBITS, 0, 0, 0, 0) };
+        if bits != 0 {
+            return Err(JailError::NotRoot(format!("securebits {bits:#x} are set")));
+        }
         match threads() {
             Some(1) => {}
             Some(n) => return Err(JailError::Threads(n)),
@@ -136,30 +301,7 @@ impl Jail {
             }
         }
         let dir = cfg.dir_for(name);
-        if let Some(parent) = dir.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(setup(format!("creating {}", parent.display())))?;
-        }
-        match std::fs::DirBuilder::new().create(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(setup(format!("creating {}", dir.display()))(e)),
-        }
-        let meta = std::fs::symlink_metadata(&dir)
-            .map_err(setup(format!("inspecting {}", dir.display())))?;
-        if !meta.file_type().is_dir() {
-            return Err(JailError::NotDir(dir));
-        }
-        let c = cstr(&dir)?;
-        // SAFETY: `c` is a NUL-terminated path; lchown does not follow a symlink (and the path
-        // was just seen to be a directory).
-        let r = unsafe { libc::lchown(c.as_ptr(), cfg.uid, cfg.gid) };
-        check(
-            r,
-            format!("giving {} to {}:{}", dir.display(), cfg.uid, cfg.gid),
-        )?;
-        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .map_err(setup(format!("chmod 0700 {}", dir.display())))?;
+        own_dir(&dir, cfg.uid, cfg.gid)?;
         // SAFETY: unshare has no memory arguments; with one thread the new namespace is the
         // whole process's.
         let r = unsafe { libc::unshare(libc::CLONE_NEWNS) };
@@ -176,11 +318,23 @@ impl Jail {
         })
     }
 
-    /// Show host directory `dir` inside the jail at the same path.
-    pub fn show(&mut self, dir: &Path) {
-        if !self.binds.iter().any(|b| b == dir) {
-            self.binds.push(dir.to_path_buf());
+    /// Show host directory `dir` inside the jail at the same path, read-only. Refused for `/`,
+    /// for the jail directory, and for a directory above or inside it.
+    pub fn show(&mut self, dir: &Path) -> Result<(), JailError> {
+        let real =
+            std::fs::canonicalize(dir).map_err(setup(format!("resolving {}", dir.display())))?;
+        let jail = &self.info.dir;
+        if real == Path::new("/") || jail.starts_with(&real) || real.starts_with(jail) {
+            return Err(JailError::Unsafe(format!(
+                "the vsock socket's directory {} would show {} in the jail: put the socket in a directory of its own",
+                dir.display(),
+                if real.starts_with(jail) { "the jail to itself" } else { "the jail directory or the host above it" }
+            )));
         }
+        if !self.binds.contains(&real) {
+            self.binds.push(real);
+        }
+        Ok(())
     }
 
     /// What the VM reports once jailed.
@@ -194,12 +348,16 @@ impl Jail {
     pub fn enter(&self) -> Result<JailInfo, JailError> {
         let dir = &self.info.dir;
         // pivot_root needs its new root to be a mount point.
-        bind(dir, dir)?;
+        bind(dir, dir, false)?;
         for b in &self.binds {
+            // Shown read-only: connecting to a unix socket needs no write access to the mount.
             let rel = b.strip_prefix("/").unwrap_or(b);
-            let at = dir.join(rel);
-            std::fs::create_dir_all(&at).map_err(setup(format!("creating {}", at.display())))?;
-            bind(b, &at)?;
+            let at = mkdirs_beneath(dir, rel)?;
+            bind(
+                b,
+                &Path::new("/proc/self/fd").join(at.as_raw_fd().to_string()),
+                true,
+            )?;
         }
         std::env::set_current_dir(dir).map_err(setup(format!("chdir {}", dir.display())))?;
         let dot = c".";
@@ -225,7 +383,17 @@ impl Jail {
         // SAFETY: plain integer arguments; later threads inherit it.
         let r = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
         check(r, "PR_SET_NO_NEW_PRIVS")?;
-        Ok(self.info.clone())
+        // Checked, not assumed: the ids are the jail's and no capability is left.
+        if resuid() != (uid, uid, uid) {
+            return Err(JailError::NotDropped(format!("user ids {:?}", resuid())));
+        }
+        match capabilities() {
+            Some((0, 0)) => Ok(self.info.clone()),
+            Some((eff, prm)) => Err(JailError::NotDropped(format!(
+                "capabilities left: effective {eff:#x}, permitted {prm:#x}"
+            ))),
+            None => Err(JailError::NotDropped("capget failed".into())),
+        }
     }
 }
 

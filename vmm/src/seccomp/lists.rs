@@ -52,11 +52,21 @@ pub fn common() -> Rules {
         .allow_values(SYS_fcntl, 1, &[F_GETFD as u64])
         // abort(): it resets SIGABRT's handler before raising it again.
         .allow_values(SYS_rt_sigaction, 0, &[SIGABRT as u64])
-        // raise(SIGABRT) in abort(); the vCPU kick is a real-time signal.
-        .allow_values(SYS_tgkill, 2, &[SIGABRT as u64])
+        // raise(SIGABRT) in abort(); the vCPU kick is a real-time signal. Both only at a thread
+        // of this process (tgkill's first argument is the process id).
         .allow_if(
             SYS_tgkill,
-            vec![(2, SeccompCmpOp::Ge, vmm_sys_util::signal::SIGRTMIN() as u64)],
+            vec![
+                (0, SeccompCmpOp::Eq, own_pid()),
+                (2, SeccompCmpOp::Eq, SIGABRT as u64),
+            ],
+        )
+        .allow_if(
+            SYS_tgkill,
+            vec![
+                (0, SeccompCmpOp::Eq, own_pid()),
+                (2, SeccompCmpOp::Ge, vmm_sys_util::signal::SIGRTMIN() as u64),
+            ],
         )
 }
 
@@ -79,7 +89,12 @@ fn spawn_threads() -> Rules {
 /// `kill` at this process only: never at another process (a jailed VM shares its UID with
 /// nothing it may signal).
 fn signal_self() -> Rules {
-    Rules::new().allow_values(SYS_kill, 0, &[u64::from(std::process::id())])
+    Rules::new().allow_values(SYS_kill, 0, &[own_pid()])
+}
+
+/// This process's id (the filters are compiled in the process that installs them).
+fn own_pid() -> u64 {
+    u64::from(std::process::id())
 }
 
 /// Adding a filter on top (a thread started by a filtered one installs its own, narrower one).

@@ -131,9 +131,23 @@ pub fn parent_chain(dir: &Path, roots: &[PathBuf]) -> Result<Vec<PathBuf>, Snaps
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, why),
     };
     let mut chain = vec![dir.to_path_buf()];
-    let here = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    // The directory that holds the snapshot is where its parents may lie. The snapshot
+    // directory itself must not be a symlink: one planted by whoever wrote the snapshot (e.g.
+    // `snap -> .` in a jail directory) would widen that area to the directory above.
+    if std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(bad(
+            dir,
+            "the snapshot directory is a symlink: give the directory itself".into(),
+        ));
+    }
+    let holder = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let holder = std::fs::canonicalize(holder).unwrap_or_else(|_| holder.to_path_buf());
+    let here = holder.join(dir.file_name().unwrap_or_default());
     let mut allowed: Vec<PathBuf> = roots.to_vec();
-    allowed.extend(here.parent().map(Path::to_path_buf));
+    allowed.push(holder);
     let mut seen = vec![here];
     loop {
         let at = chain.last().cloned().unwrap_or_default();
@@ -199,4 +213,41 @@ const MAX_PARENT_PATH: u64 = 4096;
 /// Read and check a snapshot's state file; returns the encoded state.
 pub fn load_state(dir: &Path) -> Result<Vec<u8>, SnapshotError> {
     Ok(state_file::read(&dir.join(STATE_FILE))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_directory_that_is_a_symlink_cannot_widen_where_parents_may_lie() {
+        let base = std::env::temp_dir().join(format!("plainvm-chain-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let (jail, other) = (base.join("jail"), base.join("other"));
+        for d in [jail.join("diff"), other.join("full")] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let parent = other.join("full");
+        std::fs::write(
+            jail.join("diff").join(PARENT_FILE),
+            parent.to_str().unwrap(),
+        )
+        .unwrap();
+        // The parent lies beside another directory: refused.
+        let e = parent_chain(&jail.join("diff"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("outside the directory"), "{e}");
+        // `snap -> .` in the jail: the area would have been `base`, holding `other`.
+        std::os::unix::fs::symlink(".", jail.join("snap")).unwrap();
+        std::fs::write(jail.join(PARENT_FILE), parent.to_str().unwrap()).unwrap();
+        let e = parent_chain(&jail.join("snap"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("symlink"), "{e}");
+        // Allowed explicitly, the chain is followed.
+        let chain = parent_chain(&jail.join("diff"), &[other.clone()]).unwrap();
+        assert_eq!(chain.len(), 2);
+        let _ = std::fs::remove_dir_all(&base);
+    }
 }
