@@ -68,7 +68,17 @@ impl TestVm {
         self.output()
     }
 
-    /// Wait until the output contains `text` anywhere; panics with the output after `limit`.
+    /// True once the process has ended (it is a zombie until `wait` reaps it).
+    fn ended(&self) -> bool {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()));
+        let state = stat
+            .ok()
+            .and_then(|s| s.rfind(')').map(|i| s[i + 1..].trim_start().chars().next()));
+        !matches!(state, Some(Some(c)) if c != 'Z' && c != 'X')
+    }
+
+    /// Wait until the output contains `text` anywhere; panics with the output after `limit`,
+    /// or as soon as the process has ended without printing it.
     pub fn wait_for(&self, text: &str, limit: Duration) {
         let start = Instant::now();
         while !self.output().contains(text) {
@@ -77,6 +87,15 @@ impl TestVm {
                 "'{text}' did not appear within {limit:?}:\n{}",
                 self.output()
             );
+            if self.ended() {
+                std::thread::sleep(Duration::from_millis(100)); // its last output
+                assert!(
+                    self.output().contains(text),
+                    "the VM ended without printing '{text}':\n{}",
+                    self.output()
+                );
+                return;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -98,8 +117,22 @@ impl TestVm {
                 "no line with '{needle}' within {limit:?}:\n{}",
                 self.output()
             );
+            if self.ended() && self.next_line_pending().is_none() {
+                panic!(
+                    "the VM ended without a line with '{needle}':\n{}",
+                    self.output()
+                );
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Whether a complete line is waiting after the cursor (without taking it).
+    fn next_line_pending(&mut self) -> Option<()> {
+        let cursor = self.cursor;
+        let line = self.next_line();
+        self.cursor = cursor;
+        line.map(|_| ())
     }
 
     /// The next complete line after the cursor, if one is there.

@@ -170,15 +170,16 @@ fn mount(src: Option<&Path>, dst: &Path, flags: libc::c_ulong) -> Result<(), Jai
     check(r, format!("mount {}", dst.display()))
 }
 
-/// Bind `src` on `dst`, then make the bind nosuid, nodev and noexec (and read-only with
-/// `read_only`).
-fn bind(src: &Path, dst: &Path, read_only: bool) -> Result<(), JailError> {
-    mount(Some(src), dst, libc::MS_BIND)?;
+/// Bind `src` on `at` (a path, or a directory descriptor's /proc/self/fd link), then make the
+/// bind nosuid, nodev and noexec (and read-only with `read_only`) through `path`, the same place
+/// by path (a descriptor's link still leads to the directory under the new mount).
+fn bind(src: &Path, at: &Path, path: &Path, read_only: bool) -> Result<(), JailError> {
+    mount(Some(src), at, libc::MS_BIND)?;
     let mut locked = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     if read_only {
         locked |= libc::MS_RDONLY;
     }
-    mount(None, dst, libc::MS_BIND | libc::MS_REMOUNT | locked)
+    mount(None, path, libc::MS_BIND | libc::MS_REMOUNT | locked)
 }
 
 /// Open directory `path` (not through a symlink in its last component).
@@ -348,16 +349,13 @@ impl Jail {
     pub fn enter(&self) -> Result<JailInfo, JailError> {
         let dir = &self.info.dir;
         // pivot_root needs its new root to be a mount point.
-        bind(dir, dir, false)?;
+        bind(dir, dir, dir, false)?;
         for b in &self.binds {
             // Shown read-only: connecting to a unix socket needs no write access to the mount.
             let rel = b.strip_prefix("/").unwrap_or(b);
             let at = mkdirs_beneath(dir, rel)?;
-            bind(
-                b,
-                &Path::new("/proc/self/fd").join(at.as_raw_fd().to_string()),
-                true,
-            )?;
+            let fd_link = Path::new("/proc/self/fd").join(at.as_raw_fd().to_string());
+            bind(b, &fd_link, &dir.join(rel), true)?;
         }
         std::env::set_current_dir(dir).map_err(setup(format!("chdir {}", dir.display())))?;
         let dot = c".";
