@@ -246,7 +246,7 @@ mod tests {
             .to_string();
         assert!(e.contains("symlink"), "{e}");
         // Allowed explicitly, the chain is followed.
-        let chain = parent_chain(&jail.join("diff"), &[other.clone()]).unwrap();
+        let chain = parent_chain(&jail.join("diff"), std::slice::from_ref(&other)).unwrap();
         assert_eq!(chain.len(), 2);
         let _ = std::fs::remove_dir_all(&base);
     }
