@@ -112,10 +112,10 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
 
 /// The second filter of every thread: the calls of `lists::enosys` fail with ENOSYS, anything
 /// else goes on to the thread's own filter.
-pub fn enosys_filter() -> Result<BpfProgram, SeccompError> {
+pub fn enosys_filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
     compile(
-        "every",
-        lists::enosys(),
+        kind.name(),
+        lists::enosys(kind),
         SeccompAction::Allow,
         SeccompAction::Errno(libc::ENOSYS as u32),
     )
@@ -140,8 +140,8 @@ fn compile(
 
 /// The compiled filters of a process that runs with them.
 struct Filters {
-    programs: Vec<(ThreadKind, BpfProgram)>,
-    enosys: BpfProgram,
+    /// Each kind's filter and its ENOSYS filter.
+    programs: Vec<(ThreadKind, BpfProgram, BpfProgram)>,
     selftest: Option<ThreadKind>,
 }
 
@@ -164,13 +164,9 @@ pub fn configure(on: bool) -> Result<(), SeccompError> {
     };
     let programs = ThreadKind::ALL
         .into_iter()
-        .map(|k| filter(k).map(|p| (k, p)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let filters = Filters {
-        programs,
-        enosys: enosys_filter()?,
-        selftest,
-    };
+        .map(|k| Ok((k, filter(k)?, enosys_filter(k)?)))
+        .collect::<Result<Vec<_>, SeccompError>>()?;
+    let filters = Filters { programs, selftest };
     sigsys::install_handler()?;
     let _ = FILTERS.set(Some(filters));
     thread_start::set_hook(device_thread_started);
@@ -188,7 +184,7 @@ pub fn install(kind: ThreadKind) -> Result<(), SeccompError> {
     let Some(Some(f)) = FILTERS.get() else {
         return Ok(());
     };
-    let Some((_, program)) = f.programs.iter().find(|(k, _)| *k == kind) else {
+    let Some((_, program, enosys)) = f.programs.iter().find(|(k, _, _)| *k == kind) else {
         return Ok(());
     };
     let err = |source| SeccompError::Install {
@@ -196,7 +192,7 @@ pub fn install(kind: ThreadKind) -> Result<(), SeccompError> {
         source,
     };
     sigsys::remember_thread(kind.name());
-    seccompiler::apply_filter(&f.enosys).map_err(err)?;
+    seccompiler::apply_filter(enosys).map_err(err)?;
     seccompiler::apply_filter(program).map_err(err)?;
     if f.selftest == Some(kind) {
         // SAFETY: ptrace with an invalid request touches no memory; the filter stops it before
@@ -239,8 +235,14 @@ mod tests {
             let p = filter(kind).unwrap_or_else(|e| panic!("{}: {e}", kind.name()));
             assert!(!p.is_empty(), "{}", kind.name());
             assert_eq!(ThreadKind::from_name(kind.name()), Some(kind));
+            assert!(!enosys_filter(kind).unwrap().is_empty());
         }
-        assert!(!enosys_filter().unwrap().is_empty());
+        // Only the event loop may enter an io_uring (its restricted transmit ring).
+        for kind in ThreadKind::ALL {
+            let answered = lists::enosys(kind).contains(libc::SYS_io_uring_enter);
+            assert_eq!(answered, kind != ThreadKind::EventLoop, "{}", kind.name());
+            assert!(lists::enosys(kind).contains(libc::SYS_io_uring_setup));
+        }
     }
 
     #[test]

@@ -86,6 +86,7 @@ impl Net {
     pub fn new(tap: Tap, mac: MacAddr) -> std::io::Result<Self> {
         // 1500 when the tap will not say; any u16 MTU plus its Ethernet header fits `MAX_FRAME`.
         let mtu = tap.mtu().unwrap_or(1500).clamp(68, 65535) as u16;
+        let tx_ring = TxRing::new(&tap);
         Ok(Self {
             tap,
             config: config_space(mac, mtu),
@@ -93,7 +94,7 @@ impl Net {
             active: None,
             tap_readable: true,
             rx_descs: Vec::with_capacity(usize::from(QUEUE_SIZE)),
-            tx_ring: TxRing::new(),
+            tx_ring,
             stats: NetStats::default(),
             last_error: None,
         })
