@@ -7,7 +7,8 @@
 
 use plainvm_tests::scratch;
 use plainvm_tests::support::hw_host::{
-    cache_dir, emulator_triple_fault, l1_lock, run_l1, L1Config, L1Log, Run, ATTEMPTS, L1,
+    cache_dir, emulator_lockup, emulator_triple_fault, l1_lock, run_l1, L1Config, L1Log, Run,
+    ATTEMPTS, L1,
 };
 use std::time::Duration;
 
@@ -389,7 +390,8 @@ fn a_linux_guest_with_disk_and_net_migrates_between_two_emulated_hosts() {
         let l1a = L1::boot(&a, &dir);
         let l1b = L1::boot(&b, &dir);
         let (la, lb) = (l1a.finish(L1_LIMIT), l1b.finish(L1_LIMIT));
-        if attempt < ATTEMPTS && (emulator_triple_fault(&la) || emulator_triple_fault(&lb)) {
+        let emulator = |l: &L1Log| emulator_triple_fault(l) || emulator_lockup(l);
+        if attempt < ATTEMPTS && (emulator(&la) || emulator(&lb)) {
             eprintln!("two hosts: a guest hit the emulator's triple fault; booting both again");
             attempt += 1;
             continue;
