@@ -79,17 +79,8 @@ pub struct ReceiveArgs {
     /// legitimate call only: it removes a layer of protection.
     #[arg(long, value_name = "on|off")]
     pub seccomp: Option<crate::config::Seccomp>,
-    /// Run the incoming VM as the unprivileged UID:GID in a jail that shows only its jail
-    /// directory (entered before the commit).
-    #[arg(long, value_name = "UID:GID")]
-    pub jail: Option<String>,
-    /// The jail's directory, the VM's `/` (default /var/lib/plainvm/jail/NAME).
-    #[arg(long, value_name = "DIR")]
-    pub jail_dir: Option<PathBuf>,
-    /// Put the VM in a cgroup of its own with these limits, e.g.
-    /// memory.max=512M,cpu.max=50000 100000,pids.max=256 (see docs/security.md).
-    #[arg(long, value_name = "memory.max=SIZE,cpu.max=QUOTA [PERIOD],pids.max=N")]
-    pub cgroup: Option<String>,
+    #[command(flatten)]
+    pub confine: super::run::ConfineArgs,
 }
 
 /// `--on-timeout`.
@@ -194,12 +185,9 @@ pub fn run_receive(args: ReceiveArgs) -> Result<i32, String> {
     if let Some(name) = &args.name {
         crate::host::registry::check_free(name).map_err(|e| e.to_string())?;
     }
-    let host = super::run::HostSettings {
-        seccomp: args.seccomp.unwrap_or_default(),
-        jail: crate::config::jail::from_flags(args.jail.as_deref(), args.jail_dir.as_deref(), None)
-            .map_err(|e| e.to_string())?,
-        cgroup: super::run::cgroup_limits(args.cgroup.as_deref(), None)?,
-    };
+    let host = args
+        .confine
+        .settings(args.seccomp.unwrap_or_default(), None, None)?;
     // Before any thread starts, and before the incoming VM's memory exists; what the VM needs
     // shown in the jail is known only once its configuration arrives.
     let mut confined = super::run::confine(&host, args.name.as_deref(), None)?;

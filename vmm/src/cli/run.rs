@@ -35,17 +35,8 @@ pub struct RestoreArgs {
     /// filter that stops a legitimate call only: it removes a layer of protection.
     #[arg(long, value_name = "on|off")]
     pub seccomp: Option<Seccomp>,
-    /// Run as the unprivileged UID:GID in a jail that shows only its jail directory (see
-    /// docs/security.md); snapshots then go under that directory.
-    #[arg(long, value_name = "UID:GID")]
-    pub jail: Option<String>,
-    /// The jail's directory, the VM's `/` (default /var/lib/plainvm/jail/NAME).
-    #[arg(long, value_name = "DIR")]
-    pub jail_dir: Option<PathBuf>,
-    /// Put the VM in a cgroup of its own with these limits, e.g.
-    /// memory.max=512M,cpu.max=50000 100000,pids.max=256 (see docs/security.md).
-    #[arg(long, value_name = "memory.max=SIZE,cpu.max=QUOTA [PERIOD],pids.max=N")]
-    pub cgroup: Option<String>,
+    #[command(flatten)]
+    pub confine: ConfineArgs,
     /// Change a host-specific configuration key (nets, disks, vsock, cpu_affinity), e.g.
     /// `--set 'nets=[{"tap":"tap7"}]'`; objects and lists are merged into the saved ones.
     #[arg(long = "set", value_name = "KEY=JSON")]
@@ -120,6 +111,16 @@ pub struct RunArgs {
     /// filter that stops a legitimate call only: it removes a layer of protection.
     #[arg(long, value_name = "on|off")]
     pub seccomp: Option<Seccomp>,
+    #[command(flatten)]
+    pub confine: ConfineArgs,
+    /// Print boot milestones and timing on exit.
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+/// `--jail`, `--jail-dir` and `--cgroup`: the same on run, restore and receive.
+#[derive(Args)]
+pub struct ConfineArgs {
     /// Run as the unprivileged UID:GID in a jail that shows only its jail directory (see
     /// docs/security.md); snapshots then go under that directory.
     #[arg(long, value_name = "UID:GID")]
@@ -131,9 +132,23 @@ pub struct RunArgs {
     /// memory.max=512M,cpu.max=50000 100000,pids.max=256 (see docs/security.md).
     #[arg(long, value_name = "memory.max=SIZE,cpu.max=QUOTA [PERIOD],pids.max=N")]
     pub cgroup: Option<String>,
-    /// Print boot milestones and timing on exit.
-    #[arg(long, short)]
-    pub verbose: bool,
+}
+
+impl ConfineArgs {
+    /// The host settings these flags give (over the config file's jail and cgroup, if any).
+    pub fn settings(
+        &self,
+        seccomp: Seccomp,
+        file_jail: Option<JailConfig>,
+        file_cgroup: Option<CgroupConfig>,
+    ) -> Result<HostSettings, String> {
+        Ok(HostSettings {
+            seccomp,
+            jail: jail::from_flags(self.jail.as_deref(), self.jail_dir.as_deref(), file_jail)
+                .map_err(|e| e.to_string())?,
+            cgroup: cgroup_limits(self.cgroup.as_deref(), file_cgroup)?,
+        })
+    }
 }
 
 /// What the local operator alone decides about the VMM process: filters, jail and cgroup.
@@ -197,22 +212,10 @@ fn config(args: &RunArgs) -> Result<(VmConfig, HostSettings), String> {
     };
     let merged = file.merge(flags);
     let seccomp = merged.seccomp.unwrap_or_default();
-    let jail = jail::from_flags(
-        args.jail.as_deref(),
-        args.jail_dir.as_deref(),
-        merged.jail.clone(),
-    )
-    .map_err(|e| e.to_string())?;
-    let cgroup = cgroup_limits(args.cgroup.as_deref(), merged.cgroup.clone())?;
-    let cfg = merged.validate().map_err(|e| e.to_string())?;
-    Ok((
-        cfg,
-        HostSettings {
-            seccomp,
-            jail,
-            cgroup,
-        },
-    ))
+    let host = args
+        .confine
+        .settings(seccomp, merged.jail.clone(), merged.cgroup.clone())?;
+    Ok((merged.validate().map_err(|e| e.to_string())?, host))
 }
 
 /// The cgroup limits of `--cgroup` (over the config file's).
@@ -316,12 +319,9 @@ pub fn restore(args: RestoreArgs, start: Instant) -> Result<i32, String> {
         .map_err(|e| e.to_string())?;
     cfg.check()
         .map_err(|e| format!("the snapshot's configuration cannot be used here: {e}"))?;
-    let host = HostSettings {
-        seccomp: args.seccomp.unwrap_or_default(),
-        jail: jail::from_flags(args.jail.as_deref(), args.jail_dir.as_deref(), None)
-            .map_err(|e| e.to_string())?,
-        cgroup: cgroup_limits(args.cgroup.as_deref(), None)?,
-    };
+    let host = args
+        .confine
+        .settings(args.seccomp.unwrap_or_default(), None, None)?;
     // The whole chain of parents is checked before anything is registered or opened.
     crate::snapshot::parent_chain(&args.dir, admission.allow_dirs()).map_err(|e| e.to_string())?;
     let confined = confine(&host, args.name.as_deref(), vsock_dir(&cfg))?;
