@@ -54,7 +54,6 @@ fn assert_status(log: &L1Log, run: &Run, status: i32) {
 const STOCK_EXTRA: &str = "initcall_blacklist=i8042_init,cmos_init";
 
 #[test]
-#[ignore = "flaky on TCG's nested SVM here (lost console output, an L1 script that did not finish: not diagnosed yet); run with --ignored"]
 fn stock_debian_kernel_boots_smp_reboots_and_powers_off() {
     let _l1 = l1_lock();
     let dir = scratch("hw-stock");

@@ -36,6 +36,9 @@ impl Vm {
             exit: self.exit.clone(),
             done: done.clone(),
         })));
+        let serial_watch = crate::device_manager::legacy::SerialWatch::new(self.serial.clone())
+            .map_err(crate::device_manager::DeviceError::from)?;
+        events.add_subscriber(Arc::new(Mutex::new(serial_watch)));
         let _raw = if crate::host::terminal::stdin_is_tty() {
             events.add_subscriber(Arc::new(Mutex::new(ConsoleIn::new(self.serial.clone()))));
             crate::host::terminal::enter_raw_mode()
