@@ -417,10 +417,43 @@ impl L1Log {
             .find_map(|(_, l)| Some(l.strip_prefix(&p)?.trim().to_string()))
     }
 
-    /// Run NAME's output and result. Panics (with the console) if it never started.
+    /// Whether run NAME started.
+    fn started(&self, name: &str) -> bool {
+        let line = format!("HWHOST-RUN-START {name}");
+        self.lines.iter().any(|(_, l)| l.trim_end() == line)
+    }
+
+    /// The last attempt of run NAME: NAME, or NAME.K when l1-lib.sh's `boot` ran it K times.
+    fn last_attempt(&self, name: &str) -> String {
+        let mut last = name.to_string();
+        for k in 2..=BOOT_ATTEMPTS {
+            let attempt = format!("{name}.{k}");
+            if !self.started(&attempt) {
+                break;
+            }
+            last = attempt;
+        }
+        last
+    }
+
+    /// Whether run NAME (an attempt as above) was followed by another attempt.
+    fn superseded(&self, attempt: &str) -> bool {
+        let (base, k) = attempt
+            .rsplit_once('.')
+            .and_then(|(base, k)| Some((base, k.parse::<usize>().ok()?)))
+            .unwrap_or((attempt, 1));
+        self.started(&format!("{base}.{}", k + 1))
+    }
+
+    /// Run NAME's output and result (its last attempt, see `last_attempt`). Panics (with the
+    /// console) if it never started.
     pub fn run(&self, name: &str) -> Run {
+        let name = &self.last_attempt(name);
         let start = self
-            .time_of_line(&format!("HWHOST-RUN-START {name}"))
+            .lines
+            .iter()
+            .find(|(_, l)| l.trim_end() == format!("HWHOST-RUN-START {name}"))
+            .map(|(t, _)| *t)
             .unwrap_or_else(|| panic!("run {name} never started:\n{}", self.text()));
         let prefix = format!("@{name} ");
         let lines = self
@@ -467,11 +500,19 @@ impl L1Log {
 /// True when a level-2 guest died the way TCG's emulation of nested paging sometimes makes it
 /// die (resources/hw-host/README.md, "Known limits"): a triple fault that plainvm reports at the
 /// reset vector (on AMD, KVM re-initialises the VMCB after a shutdown intercept).
+/// A run that l1-lib.sh's `boot` ran again does not count: its last attempt decides.
 pub fn emulator_triple_fault(log: &L1Log) -> bool {
-    log.lines
-        .iter()
-        .any(|(_, l)| l.contains("the guest triple-faulted") && l.contains("near RIP 0xfff0"))
+    log.lines.iter().any(|(_, l)| {
+        let retried = l
+            .strip_prefix('@')
+            .and_then(|rest| rest.split_once(' '))
+            .is_some_and(|(run, _)| log.superseded(run));
+        l.contains("the guest triple-faulted") && l.contains("near RIP 0xfff0") && !retried
+    })
 }
+
+/// How often l1-lib.sh's `boot` runs a level-2 boot that TCG's nested SVM triple-faulted.
+pub const BOOT_ATTEMPTS: usize = 4;
 
 fn is_lockup(line: &str) -> bool {
     line.contains("watchdog: BUG: soft lockup") && line.contains("[plainvm:")
@@ -563,4 +604,67 @@ pub fn run_l1(cfg: &L1Config, dir: &Path, limit: Duration) -> L1Log {
         log.text()
     );
     log
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(lines: &[&str]) -> L1Log {
+        L1Log {
+            name: "t".into(),
+            lines: lines
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (i as f64, l.to_string()))
+                .collect(),
+            qemu_status: Some(0),
+            timed_out: false,
+            stderr: String::new(),
+            wall: Duration::ZERO,
+        }
+    }
+
+    const TRIPLE: &str = "plainvm: error: vCPU 0: the guest triple-faulted (an exception it could \
+                          not handle) near RIP 0xfff0";
+
+    #[test]
+    fn a_retried_boot_is_read_from_its_last_attempt() {
+        let l = log(&[
+            "HWHOST-RUN-START s",
+            &format!("@s [    0.1] Linux {TRIPLE}"),
+            "HWHOST-RUN s status=1 secs=3",
+            "HWHOST-RUN-START s.2",
+            "@s.2 GUEST-INIT-REACHED",
+            "HWHOST-RUN s.2 status=0 secs=9",
+            "HWHOST-L1-EXIT status=0",
+        ]);
+        let run = l.run("s");
+        assert_eq!(run.name, "s.2");
+        assert_eq!(run.status, Some(0));
+        assert!(run.contains("GUEST-INIT-REACHED") && !run.contains("triple"));
+        assert!(!emulator_triple_fault(&l), "the retried attempt decided");
+    }
+
+    #[test]
+    fn a_triple_fault_in_the_last_attempt_still_counts() {
+        let l = log(&[
+            "HWHOST-RUN-START s",
+            &format!("@s {TRIPLE}"),
+            "HWHOST-RUN s status=1 secs=3",
+            "HWHOST-RUN-START s.2",
+            &format!("@s.2 {TRIPLE}"),
+            "HWHOST-RUN s.2 status=1 secs=3",
+        ]);
+        assert_eq!(l.run("s").status, Some(1));
+        assert!(emulator_triple_fault(&l));
+        // A run that was never retried is read as before.
+        let single = log(&[
+            "HWHOST-RUN-START x",
+            "@x hi",
+            "HWHOST-RUN x status=0 secs=1",
+        ]);
+        assert_eq!(single.run("x").name, "x");
+        assert!(!emulator_triple_fault(&single));
+    }
 }
