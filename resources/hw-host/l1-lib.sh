@@ -77,11 +77,16 @@ wait_run() {
     return "$(cat "/tmp/rc.$name")"
 }
 
-# wait_line NAME TEXT SECS: wait until run NAME has printed TEXT (fixed string); 1 on timeout.
+# wait_line NAME TEXT SECS: wait until run NAME has printed TEXT (fixed string); 1 on timeout,
+# or at once when the run ended without it (a guest that died cannot print it any more).
 wait_line() {
     local n=$(($3 * 10))
     while ! grep -qF -- "$2" "/tmp/out.$1" 2>/dev/null; do
         [ $n -gt 0 ] || { echo "HWHOST-TIMEOUT waiting for '$2' in $1"; return 1; }
+        if [ -s "/tmp/rc.$1" ] && [ -e "/tmp/done.$1" ] && ! grep -qF -- "$2" "/tmp/out.$1"; then
+            echo "HWHOST-ENDED without '$2': $1"
+            return 1
+        fi
         sleep 0.1
         n=$((n - 1))
     done
