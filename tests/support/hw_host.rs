@@ -294,16 +294,20 @@ impl L1 {
     /// it does not come back, and waiting out the limit costs 15 minutes). The whole console.
     pub fn finish(mut self, limit: Duration) -> L1Log {
         let end = Instant::now() + limit;
-        let mut lockups = 0;
+        // The CPUs L1's watchdog reported stuck; a CPU reported twice ends the wait.
+        let mut stuck: Vec<String> = Vec::new();
         // The reader ends with QEMU's stdout.
         while let Ok((t, line)) = self
             .lines
             .recv_timeout(end.saturating_duration_since(Instant::now()))
         {
-            lockups += usize::from(is_lockup(&line));
+            let cpu = lockup_cpu(&line).map(str::to_string);
             self.take(t, line);
-            if lockups >= 2 {
-                break;
+            if let Some(cpu) = cpu {
+                if stuck.contains(&cpu) {
+                    break;
+                }
+                stuck.push(cpu);
             }
         }
         let timed_out = Instant::now() >= end;
@@ -417,16 +421,23 @@ impl L1Log {
             .find_map(|(_, l)| Some(l.strip_prefix(&p)?.trim().to_string()))
     }
 
-    /// Whether run NAME started.
-    fn started(&self, name: &str) -> bool {
+    /// When run NAME started (its `HWHOST-RUN-START NAME` line), if it did.
+    fn start_time(&self, name: &str) -> Option<f64> {
         let line = format!("HWHOST-RUN-START {name}");
-        self.lines.iter().any(|(_, l)| l.trim_end() == line)
+        self.lines
+            .iter()
+            .find(|(_, l)| l.trim_end() == line)
+            .map(|(t, _)| *t)
+    }
+
+    fn started(&self, name: &str) -> bool {
+        self.start_time(name).is_some()
     }
 
     /// The last attempt of run NAME: NAME, or NAME.K when l1-lib.sh's `boot` ran it K times.
     fn last_attempt(&self, name: &str) -> String {
         let mut last = name.to_string();
-        for k in 2..=BOOT_ATTEMPTS {
+        for k in 2.. {
             let attempt = format!("{name}.{k}");
             if !self.started(&attempt) {
                 break;
@@ -450,10 +461,7 @@ impl L1Log {
     pub fn run(&self, name: &str) -> Run {
         let name = &self.last_attempt(name);
         let start = self
-            .lines
-            .iter()
-            .find(|(_, l)| l.trim_end() == format!("HWHOST-RUN-START {name}"))
-            .map(|(t, _)| *t)
+            .start_time(name)
             .unwrap_or_else(|| panic!("run {name} never started:\n{}", self.text()));
         let prefix = format!("@{name} ");
         let lines = self
@@ -503,27 +511,33 @@ impl L1Log {
 /// A run that l1-lib.sh's `boot` ran again does not count: its last attempt decides.
 pub fn emulator_triple_fault(log: &L1Log) -> bool {
     log.lines.iter().any(|(_, l)| {
-        let retried = l
-            .strip_prefix('@')
-            .and_then(|rest| rest.split_once(' '))
-            .is_some_and(|(run, _)| log.superseded(run));
-        l.contains("the guest triple-faulted") && l.contains("near RIP 0xfff0") && !retried
+        let retried = || {
+            l.strip_prefix('@')
+                .and_then(|rest| rest.split_once(' '))
+                .is_some_and(|(run, _)| log.superseded(run))
+        };
+        l.contains("the guest triple-faulted") && l.contains("near RIP 0xfff0") && !retried()
     })
 }
 
-/// How often l1-lib.sh's `boot` runs a level-2 boot that TCG's nested SVM triple-faulted.
-pub const BOOT_ATTEMPTS: usize = 4;
-
 /// A soft-lockup report of L1's own kernel (a level-2 guest's lines start with `@`), whatever
 /// task it names: plainvm's in KVM_RUN, or every CPU of L1 frozen ("[swapper/0:0]" and
-/// "[kthreadd:2]" for 800 s in one CI run).
-fn is_lockup(line: &str) -> bool {
-    !line.starts_with('@') && line.contains("watchdog: BUG: soft lockup")
+/// "[kthreadd:2]" for 800 s in one CI run). The CPU it names (`CPU#0`).
+fn lockup_cpu(line: &str) -> Option<&str> {
+    if line.starts_with('@') {
+        return None;
+    }
+    let rest = line.split_once("watchdog: BUG: soft lockup - ")?.1;
+    rest.split_whitespace().next()
 }
 
-/// True when L1's own kernel failed inside plainvm's `KVM_RUN`: its watchdog found the CPU stuck
-/// there ("soft lockup ... [plainvm:PID]": nested SVM on TCG looping in L1's KVM with a level-2
-/// guest, seen once in a suite run here, L1 stuck for 800 s), or L1's kernel crashed (seen once:
+fn is_lockup(line: &str) -> bool {
+    lockup_cpu(line).is_some()
+}
+
+/// True when L1's own kernel failed: its watchdog found a CPU stuck (`lockup_cpu`; seen with
+/// "[plainvm:PID]": nested SVM on TCG looping in L1's KVM with a level-2 guest, L1 stuck for
+/// 800 s, and with all of L1 frozen), or L1's kernel crashed (seen once:
 /// "BUG: TASK stack guard page was hit" in `error_entry` on plainvm's vcpu0 thread, then
 /// "Kernel panic"). plainvm is a user process there: it cannot keep L1's kernel from scheduling
 /// or overflow its stacks; KVM on TCG's emulated SVM can.
@@ -654,6 +668,10 @@ mod tests {
         let frozen =
             log(&["[  56.5] watchdog: BUG: soft lockup - CPU#0 stuck for 45s! [swapper/0:0]"]);
         assert!(emulator_lockup(&frozen));
+        assert_eq!(
+            lockup_cpu("[  84.5] watchdog: BUG: soft lockup - CPU#1 stuck for 70s! [kthreadd:2]"),
+            Some("CPU#1")
+        );
         let guest =
             log(&["@stock-2cpu [ 30.1] watchdog: BUG: soft lockup - CPU#1 stuck for 26s! [x:1]"]);
         assert!(!emulator_lockup(&guest));
