@@ -11,8 +11,17 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
+
+/// L1's heartbeat line, every 10 s (resources/hw-host/l1-init); not kept in the log.
+const HEARTBEAT: &str = "HWHOST-ALIVE";
+
+/// How long an L1 may print nothing, heartbeat included, before it counts as frozen (the
+/// default of `L1Config::silent`). Seen in a
+/// suite run: an L1 that started a level-2 boot and then printed nothing for 9 minutes, its
+/// watchdog silent too (TCG's nested SVM; QEMU busy on both CPUs).
+const SILENT: Duration = Duration::from_secs(120);
 
 /// The cached L1 artifacts (resources/hw-host/build-l1.sh).
 pub struct Artifacts {
@@ -74,6 +83,8 @@ pub struct L1Config {
     pub append: String,
     /// Extra QEMU arguments (network, disks).
     pub qemu_args: Vec<String>,
+    /// How long L1 may print nothing, heartbeat included, before `finish` stops it as frozen.
+    pub silent: Duration,
 }
 
 impl L1Config {
@@ -85,6 +96,7 @@ impl L1Config {
             cpus: 2,
             append: String::new(),
             qemu_args: Vec::new(),
+            silent: SILENT,
         }
     }
 }
@@ -180,6 +192,7 @@ pub struct L1 {
     stderr: Option<std::thread::JoinHandle<String>>,
     started: Instant,
     console: std::fs::File,
+    silent: Duration,
 }
 
 impl L1 {
@@ -239,8 +252,13 @@ impl L1 {
                 .map(|l| format!("{l}\n"))
                 .collect()
         });
-        let console = std::fs::File::create(dir.join(format!("console-{}.log", cfg.name)))
+        // Appended to: a retried L1 keeps the console of the attempts before it.
+        let mut console = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("console-{}.log", cfg.name)))
             .expect("console log file");
+        let _ = writeln!(console, "--- L1 {} booted", cfg.name);
         Self {
             name: cfg.name.clone(),
             child,
@@ -249,10 +267,14 @@ impl L1 {
             stderr: Some(stderr),
             started,
             console,
+            silent: cfg.silent,
         }
     }
 
     fn take(&mut self, t: f64, line: String) {
+        if line == HEARTBEAT {
+            return;
+        }
         // Shown live with --nocapture, and with a failing test's output otherwise.
         eprintln!("[{} {t:7.2}s] {line}", self.name);
         let _ = writeln!(self.console, "[{t:8.3}] {line}");
@@ -282,6 +304,11 @@ impl L1 {
         }
     }
 
+    /// QEMU's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     fn text(&self) -> String {
         self.log
             .iter()
@@ -289,18 +316,27 @@ impl L1 {
             .collect()
     }
 
-    /// Wait (up to `limit`) for L1 to power off; kills QEMU at the limit, or as soon as L1's
-    /// kernel reports its CPU stuck in plainvm's KVM_RUN for a second time (`emulator_lockup`:
-    /// it does not come back, and waiting out the limit costs 15 minutes). The whole console.
+    /// Wait (up to `limit`) for L1 to power off; kills QEMU at the limit, as soon as L1's
+    /// kernel reports a CPU stuck for a second time (`emulator_lockup`), or when L1 printed
+    /// nothing, not even its heartbeat, for `L1Config::silent` (`L1Log::frozen`): such an L1 does not come
+    /// back, and waiting out the limit costs 15 minutes. The whole console.
     pub fn finish(mut self, limit: Duration) -> L1Log {
         let end = Instant::now() + limit;
         // The CPUs L1's watchdog reported stuck; a CPU reported twice ends the wait.
         let mut stuck: Vec<String> = Vec::new();
-        // The reader ends with QEMU's stdout.
-        while let Ok((t, line)) = self
-            .lines
-            .recv_timeout(end.saturating_duration_since(Instant::now()))
-        {
+        let mut frozen = false;
+        loop {
+            let now = Instant::now();
+            let wait = end.min(now + self.silent).saturating_duration_since(now);
+            let (t, line) = match self.lines.recv_timeout(wait) {
+                Ok(tl) => tl,
+                // The reader ended with QEMU's stdout.
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    frozen = Instant::now() < end;
+                    break;
+                }
+            };
             let cpu = lockup_cpu(&line).map(str::to_string);
             self.take(t, line);
             if let Some(cpu) = cpu {
@@ -311,6 +347,12 @@ impl L1 {
             }
         }
         let timed_out = Instant::now() >= end;
+        if frozen {
+            eprintln!(
+                "{}: no console line for {:?}: L1 froze",
+                self.name, self.silent
+            );
+        }
         let _ = self.child.kill();
         let qemu_status = self.child.wait().ok().and_then(|s| s.code());
         let stderr = self
@@ -323,6 +365,7 @@ impl L1 {
             lines: std::mem::take(&mut self.log),
             qemu_status,
             timed_out,
+            frozen,
             stderr,
             wall: self.started.elapsed(),
         }
@@ -343,6 +386,8 @@ pub struct L1Log {
     pub qemu_status: Option<i32>,
     /// QEMU was still running at the limit of `finish` (and was killed).
     pub timed_out: bool,
+    /// L1 printed nothing for `L1Config::silent` (and was killed): frozen whole.
+    pub frozen: bool,
     pub stderr: String,
     pub wall: Duration,
 }
@@ -539,10 +584,12 @@ fn is_lockup(line: &str) -> bool {
 /// "[plainvm:PID]": nested SVM on TCG looping in L1's KVM with a level-2 guest, L1 stuck for
 /// 800 s, and with all of L1 frozen), or L1's kernel crashed (seen once:
 /// "BUG: TASK stack guard page was hit" in `error_entry` on plainvm's vcpu0 thread, then
-/// "Kernel panic"). plainvm is a user process there: it cannot keep L1's kernel from scheduling
-/// or overflow its stacks; KVM on TCG's emulated SVM can.
+/// "Kernel panic"), or L1 froze whole, its watchdog silent too (`L1Log::frozen`). plainvm is a
+/// user process there: it cannot keep L1's kernel from scheduling or overflow its stacks; KVM
+/// on TCG's emulated SVM can.
 pub fn emulator_lockup(log: &L1Log) -> bool {
-    log.lines.iter().any(|(_, l)| is_lockup(l))
+    log.frozen
+        || log.lines.iter().any(|(_, l)| is_lockup(l))
         || log
             .lines
             .iter()
@@ -581,6 +628,11 @@ pub fn emulator_stall(log: &L1Log) -> bool {
     false
 }
 
+/// True when the emulated host, not plainvm, failed this L1 boot in one of the ways above.
+pub fn emulator_failure(log: &L1Log) -> bool {
+    emulator_triple_fault(log) || emulator_stall(log) || emulator_lockup(log)
+}
+
 /// How often an L1 boot is tried when a guest hits `emulator_triple_fault` (about one boot of the
 /// project's kernel in 18 does; the virtio test boots eight) or L1 stalls or crashes the ways
 /// above. A real triple fault recurs and still fails the test. (Three were not enough once: three
@@ -594,8 +646,7 @@ pub fn run_l1(cfg: &L1Config, dir: &Path, limit: Duration) -> L1Log {
     let mut attempt = 1;
     let log = loop {
         let log = L1::boot(cfg, dir).finish(limit);
-        let emulator = emulator_triple_fault(&log) || emulator_stall(&log) || emulator_lockup(&log);
-        if attempt < ATTEMPTS && emulator {
+        if attempt < ATTEMPTS && emulator_failure(&log) {
             eprintln!(
                 "{}: a level-2 guest triple-faulted or stalled in early boot, or L1 locked up in \
                  KVM (TCG's nested SVM, see resources/hw-host/README.md); booting L1 again \
@@ -637,6 +688,7 @@ mod tests {
                 .collect(),
             qemu_status: Some(0),
             timed_out: false,
+            frozen: false,
             stderr: String::new(),
             wall: Duration::ZERO,
         }
