@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 const HEARTBEAT: &str = "HWHOST-ALIVE";
 
 /// How long an L1 may print nothing, heartbeat included, before it counts as frozen (the
-/// default of `L1Config::silent`). Seen in a
-/// suite run: an L1 that started a level-2 boot and then printed nothing for 9 minutes, its
-/// watchdog silent too (TCG's nested SVM; QEMU busy on both CPUs).
+/// default of `L1Config::silent`). Seen in a suite run: an L1 that started a level-2 boot and
+/// then printed nothing for 9 minutes, its watchdog silent too (TCG's nested SVM; QEMU busy on
+/// both CPUs).
 const SILENT: Duration = Duration::from_secs(120);
 
 /// The cached L1 artifacts (resources/hw-host/build-l1.sh).
@@ -318,8 +318,8 @@ impl L1 {
 
     /// Wait (up to `limit`) for L1 to power off; kills QEMU at the limit, as soon as L1's
     /// kernel reports a CPU stuck for a second time (`emulator_lockup`), or when L1 printed
-    /// nothing, not even its heartbeat, for `L1Config::silent` (`L1Log::frozen`): such an L1 does not come
-    /// back, and waiting out the limit costs 15 minutes. The whole console.
+    /// nothing, not even its heartbeat, for `L1Config::silent` (`L1Log::frozen`): such an L1
+    /// does not come back, and waiting out the limit costs 15 minutes. The whole console.
     pub fn finish(mut self, limit: Duration) -> L1Log {
         let end = Instant::now() + limit;
         // The CPUs L1's watchdog reported stuck; a CPU reported twice ends the wait.
@@ -576,10 +576,6 @@ fn lockup_cpu(line: &str) -> Option<&str> {
     rest.split_whitespace().next()
 }
 
-fn is_lockup(line: &str) -> bool {
-    lockup_cpu(line).is_some()
-}
-
 /// True when L1's own kernel failed: its watchdog found a CPU stuck (`lockup_cpu`; seen with
 /// "[plainvm:PID]": nested SVM on TCG looping in L1's KVM with a level-2 guest, L1 stuck for
 /// 800 s, and with all of L1 frozen), or L1's kernel crashed (seen once:
@@ -589,7 +585,7 @@ fn is_lockup(line: &str) -> bool {
 /// on TCG's emulated SVM can.
 pub fn emulator_lockup(log: &L1Log) -> bool {
     log.frozen
-        || log.lines.iter().any(|(_, l)| is_lockup(l))
+        || log.lines.iter().any(|(_, l)| lockup_cpu(l).is_some())
         || log
             .lines
             .iter()
@@ -648,9 +644,9 @@ pub fn run_l1(cfg: &L1Config, dir: &Path, limit: Duration) -> L1Log {
         let log = L1::boot(cfg, dir).finish(limit);
         if attempt < ATTEMPTS && emulator_failure(&log) {
             eprintln!(
-                "{}: a level-2 guest triple-faulted or stalled in early boot, or L1 locked up in \
-                 KVM (TCG's nested SVM, see resources/hw-host/README.md); booting L1 again \
-                 (attempt {})",
+                "{}: a level-2 guest triple-faulted or stalled in early boot, or L1 locked up, \
+                 crashed or froze (TCG's nested SVM, see resources/hw-host/README.md); booting \
+                 L1 again (attempt {})",
                 cfg.name,
                 attempt + 1
             );
