@@ -333,7 +333,7 @@ fn linux_with_disk_net_and_vsock_keeps_working_after_restores() {
     );
     std::fs::create_dir(dir.join("vsock")).unwrap();
     let cmdline = format!(
-        "{} root=/dev/vda rw plainvm.cmd=tick plainvm.ticks=8 plainvm.agent=on",
+        "{} root=/dev/vda rw plainvm.cmd=tick plainvm.ticks=8 plainvm.tick-echo=wait plainvm.agent=on",
         a.cmdline
     );
     let mut vm = TestVm::live(ns.command(plainvm_bin()).args([
@@ -385,8 +385,10 @@ fn linux_with_disk_net_and_vsock_keeps_working_after_restores() {
                 ])
                 .args(if round == 0 { &jailed[..] } else { &[][..] }),
         );
-        // The agent sees GENERATION bumped and resyncs the clock.
+        // The agent sees GENERATION bumped and resyncs the clock. The guest powers off only after
+        // the vsock exchange below (plainvm.tick-echo=wait), so both lines come before it.
         r.wait_line("generation 0 -> 1", SLOW);
+        r.wait_line("time-sync: clock set to", SLOW);
         let uid = std::fs::read_to_string(format!("/proc/{}/status", r.pid())).unwrap();
         let want = if round == 0 { "64212" } else { "0" };
         assert!(

@@ -21,7 +21,9 @@ done
 # --- Snapshot of a running guest (paused for it, its disk copied meanwhile), the process killed,
 # then two restores from the same snapshot, each onto a fresh copy of the disk as it was.
 cp $HW/rootfs.ext4 /tmp/root.ext4
-start snap-src 300 plainvm run --kernel $K --cpus 2 --memory 256M --cmdline "$TICK plainvm.ticks=8" \
+# plainvm.tick-echo=wait: the guest powers off only after L1 talked to it through vsock.
+start snap-src 300 plainvm run --kernel $K --cpus 2 --memory 256M \
+    --cmdline "$TICK plainvm.ticks=8 plainvm.tick-echo=wait" \
     --disk path=/tmp/root.ext4 --net tap=tap-a,mac=$MAC --vsock cid=3,socket=/tmp/v.sock --rng \
     --api-sock /tmp/snap.sock
 if wait_line snap-src "TICK n=2 " 240; then
@@ -34,9 +36,16 @@ wait_run snap-src 20
 for r in 1 2; do
     cp /tmp/root-at-snap.ext4 /tmp/root.ext4
     start restore-$r 300 plainvm restore /tmp/snap --allow-dir /tmp --allow-tap tap-a
-    # The vsock listener from before the snapshot takes a new connection from L1.
-    wait_line restore-$r "generation 0 -> 1" 120 &&
+    # The vsock listener from before the snapshot takes a new connection from L1, once the agent
+    # has seen the generation bumped and synced the clock: the guest waits for that connection
+    # before it powers off, so both are in the log whatever the speed of the host (the last 6
+    # ticks take 0.5 s here, the agent looks once a second). A guest that never gets there is
+    # stopped rather than left waiting.
+    if wait_line restore-$r "time-sync: clock set to" 120; then
         run vsock-$r 90 l1-helper vsock-connect /tmp/v.sock 1234 after-restore-$r 60
+    else
+        kill -9 $(pidof plainvm)
+    fi
     wait_run restore-$r 240
 done
 
