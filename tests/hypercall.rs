@@ -120,12 +120,13 @@ fn sigterm_without_an_agent_stops_at_once() {
 }
 
 /// One Linux boot: init marks its start, the agent announces itself and syncs the clock,
-/// `plainvm-guest time-sync` sets it from the host, and `poweroff --code 3` ends plainvm with 3.
+/// `plainvm-guest time-sync` sets it from the host, and `poweroff --code 3` ends plainvm with 3
+/// once the console has sent everything init wrote (a burst of 6 KiB just before).
 #[test]
 fn linux_guest_marks_syncs_time_and_powers_off_with_a_code() {
     let a = linux_artifacts();
     let cmdline = format!(
-        "{} plainvm.agent=on plainvm.cmd=time-sync plainvm.exitcode=3",
+        "{} plainvm.agent=on plainvm.cmd=time-sync plainvm.exitcode=3 plainvm.burst=100",
         a.cmdline
     );
     let o = plainvm(
@@ -142,6 +143,9 @@ fn linux_guest_marks_syncs_time_and_powers_off_with_a_code() {
         Duration::from_secs(240),
     );
     assert_eq!(o.status, Some(3), "{}", o.dump());
+    // Nothing init wrote is lost: the power-off waited until the console had sent it all.
+    let burst = (1..=100).filter(|n| o.stdout.contains(&format!("BURST {n} ....")));
+    assert_eq!(burst.count(), 100, "{}", o.dump());
     assert!(o.stdout.contains("GUEST-POWEROFF"), "{}", o.dump());
     assert!(o.stderr.contains("boot mark 1 (init) at "), "{}", o.dump());
     assert!(o.stderr.contains("since vCPU start"), "{}", o.dump());

@@ -5,7 +5,7 @@ use plainvm_tests::*;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -335,9 +335,17 @@ fn diff_snapshots_hold_only_written_pages_and_restore_through_their_chain() {
     let (_full, _) = snap("full", false);
     std::thread::sleep(Duration::from_millis(200));
     let (_d1, w1) = snap("diff1", true);
-    std::thread::sleep(Duration::from_millis(200));
-    let (d2, w2) = snap("diff2", true);
+    // `at` is printed after diff1 and before diff2 is requested: a guest restored from diff2
+    // starts at `at` or later, one restored from diff1 before it. (Read after diff2, a pass the
+    // guest printed once resumed could be newer than diff2's memory.)
+    let after_d1 = last_memwrite_pass(&vm.output());
+    let start = Instant::now();
+    while last_memwrite_pass(&vm.output()) <= after_d1 {
+        assert!(start.elapsed() < T, "no progress: {}", vm.output());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let at = last_memwrite_pass(&vm.output());
+    let (d2, w2) = snap("diff2", true);
     drop(vm);
     // The workload writes 32 pages per pass; page tables and stack add a few.
     for w in [w1, w2] {

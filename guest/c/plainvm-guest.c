@@ -4,8 +4,9 @@
  * mirror guest/proto/src (keep them in sync).
  *
  *   plainvm-guest mark <stage>            stage: init|userspace|ready|shutdown or a number
- *   plainvm-guest poweroff [--code N]     sync, then POWER(off, N): plainvm exits with N
- *   plainvm-guest reboot [--code N]       sync, then POWER(reboot, N)
+ *   plainvm-guest poweroff [--code N]     sync, drain the console, then POWER(off, N): plainvm
+ *                                         exits with N
+ *   plainvm-guest reboot [--code N]       sync, drain the console, then POWER(reboot, N)
  *   plainvm-guest time-sync               set the clock from HOST_TIME
  *   plainvm-guest watch [--interval MS]   announce the agent; follow GENERATION (resync the
  *                                         clock), answer host REQUESTs, heartbeat, memory hint
@@ -27,6 +28,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mman.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -176,6 +178,26 @@ static int do_mark(const char *stage)
     return s ? fail("mark", s) : 0;
 }
 
+static void on_alarm(int sig) { (void)sig; }
+
+/* Wait until the console has sent what processes wrote to it, for at most 2 s. The kernel's tty
+ * layer sends asynchronously: output still queued when POWER stops the VM is lost (seen: a guest
+ * whose UART interrupt edge was lost powered off with its last lines unsent). */
+static void drain_console(void)
+{
+    int fd = open("/dev/console", O_WRONLY | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    /* No SA_RESTART: the alarm ends a drain that does not finish (tcdrain fails with EINTR). */
+    struct sigaction sa = { .sa_handler = on_alarm };
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGALRM, &sa, NULL);
+    alarm(2);
+    tcdrain(fd);
+    alarm(0);
+    close(fd);
+}
+
 static int do_power(int reboot, uint32_t code)
 {
     if (code > 255) {
@@ -183,6 +205,8 @@ static int do_power(int reboot, uint32_t code)
         return 1;
     }
     sync();
+    fflush(NULL);
+    drain_console();
     uint32_t s = hc(NR_POWER, reboot ? 1 : 0, code, 0, NULL);
     return fail(reboot ? "reboot" : "poweroff", s);
 }

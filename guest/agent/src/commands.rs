@@ -55,7 +55,7 @@ pub fn run<R: Registers, S: System>(
     }
 }
 
-/// Sync, then POWER: the VM stops (the call returns only in tests).
+/// Sync and drain the console, then POWER: the VM stops (the call returns only in tests).
 pub fn power_off<R: Registers, S: System>(
     r: &mut R,
     sys: &mut S,
@@ -63,6 +63,7 @@ pub fn power_off<R: Registers, S: System>(
     code: u8,
 ) -> Result<(), CommandError> {
     sys.sync();
+    sys.drain_console();
     let action = if reboot { power::REBOOT } else { power::OFF };
     hc(r, "poweroff", nr::POWER, [action, code.into(), 0, 0]).map(drop)
 }
@@ -144,7 +145,11 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(os.syncs, 1, "synced before POWER");
+        assert_eq!(
+            (os.syncs, os.drains),
+            (1, 1),
+            "synced and drained before POWER"
+        );
         let h = d.host.seen.lock().unwrap();
         assert_eq!(h.1, Some((false, 3)));
         assert!(h.0.contains(&"guest: hello agent".to_string()), "{:?}", h.0);

@@ -125,6 +125,7 @@ pub struct FakeOs {
     /// `Dev::restored` of the VM this OS runs in.
     pub restored: Rc<Cell<bool>>,
     pub syncs: u32,
+    pub drains: u32,
     pub stopped: bool,
 }
 
@@ -151,6 +152,9 @@ impl System for FakeOs {
     }
     fn sync(&mut self) {
         self.syncs += 1;
+    }
+    fn drain_console(&mut self) {
+        self.drains += 1;
     }
     fn stop_processes(&mut self) {
         self.stopped = true;

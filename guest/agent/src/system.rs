@@ -1,5 +1,8 @@
-//! What the agent does to the guest OS: set the clock, sync disks, stop processes, sleep.
+//! What the agent does to the guest OS: set the clock, sync disks, drain the console, stop
+//! processes, sleep.
 
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
 
 /// The guest operating system, as the commands see it (faked in tests).
@@ -8,6 +11,8 @@ pub trait System {
     fn set_clock(&mut self, since_epoch: Duration) -> std::io::Result<Duration>;
     /// Flush file systems.
     fn sync(&mut self);
+    /// Wait (briefly) until the console has sent what processes wrote to it.
+    fn drain_console(&mut self);
     /// Ask every other process to stop (before a power-off), and give them a moment.
     fn stop_processes(&mut self);
     /// Wait this long.
@@ -38,6 +43,25 @@ impl System for Linux {
     fn sync(&mut self) {
         // SAFETY: sync takes no arguments and cannot fail.
         unsafe { libc::sync() };
+    }
+
+    fn drain_console(&mut self) {
+        // The tty layer sends asynchronously: output still queued when POWER stops the VM is
+        // lost. tcdrain can wait for ever on a stuck UART, so it runs on a thread given 2 s.
+        let Ok(console) = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+            .open("/dev/console")
+        else {
+            return;
+        };
+        let (done, drained) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // SAFETY: tcdrain on a descriptor this closure owns.
+            unsafe { libc::tcdrain(console.as_raw_fd()) };
+            let _ = done.send(());
+        });
+        let _ = drained.recv_timeout(Duration::from_secs(2));
     }
 
     fn stop_processes(&mut self) {
