@@ -335,9 +335,9 @@ fn diff_snapshots_hold_only_written_pages_and_restore_through_their_chain() {
     let (_full, _) = snap("full", false);
     std::thread::sleep(Duration::from_millis(200));
     let (_d1, w1) = snap("diff1", true);
-    // `at` is printed after diff1 and before diff2 is requested: a guest restored from diff2
-    // starts at `at` or later, one restored from diff1 before it. (Read after diff2, a pass the
-    // guest printed once resumed could be newer than diff2's memory.)
+    // `at` is printed after diff1 and before diff2 is requested, so a guest restored from diff2
+    // starts at `at` or later. (Read after diff2, a pass the guest printed once resumed could be
+    // newer than diff2's memory.) That diff2 needs diff1 is checked at the end.
     let after_d1 = last_memwrite_pass(&vm.output());
     let start = Instant::now();
     while last_memwrite_pass(&vm.output()) <= after_d1 {
