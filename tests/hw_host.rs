@@ -376,7 +376,6 @@ fn a_linux_guest_with_disk_and_net_migrates_between_two_emulated_hosts() {
     let _l1 = l1_lock();
     let dir = scratch("hw-two-hosts");
     let image = dir.join("shared-root.ext4");
-    std::fs::copy(cache_dir().join("rootfs.ext4"), &image).expect("copy the L2 root image");
     let (pa, pb) = (free_udp_port(), free_udp_port());
     let total = 25;
     let mut a = L1Config::new(
@@ -395,9 +394,12 @@ fn a_linux_guest_with_disk_and_net_migrates_between_two_emulated_hosts() {
     b.append = "hwhost.ip=192.168.77.2/24".into();
     b.qemu_args = two_host_args(pb, pa, "52:54:00:77:00:02", &image);
     // Both run at once (and are killed together if the test fails); both again if a guest hit
-    // the emulator's triple fault (see run_l1).
+    // the emulator's triple fault (see run_l1). Each attempt starts from a fresh copy of the
+    // image: the guest appends to /tick-log there, and the ticks of an attempt the emulator cut
+    // short would stay in front of the retry's own (a CI run failed after such a retry).
     let mut attempt = 1;
     let (la, lb) = loop {
+        std::fs::copy(cache_dir().join("rootfs.ext4"), &image).expect("copy the L2 root image");
         let l1a = L1::boot(&a, &dir);
         let l1b = L1::boot(&b, &dir);
         let (la, lb) = (l1a.finish(L1_LIMIT), l1b.finish(L1_LIMIT));
