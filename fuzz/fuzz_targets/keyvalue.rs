@@ -1,5 +1,6 @@
 //! The command line's `key=value` flags and the JSON config: --disk, --net, --vsock, --balloon,
-//! --memory, --cpu-affinity, --set, and a whole config file validated.
+//! --memory, --cpu-affinity, --set, --cgroup, --jail with --jail-dir, and a whole config file
+//! validated.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -10,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(rest) else {
         return;
     };
-    match which % 8 {
+    match which % 10 {
         0 => drop(config::disk::parse_disk(s)),
         1 => drop(config::net::parse_net(s)),
         2 => drop(config::vsock::parse_vsock(s)),
@@ -27,6 +28,13 @@ fuzz_target!(|data: &[u8]| {
             {
                 let _ = o.apply(cfg).map(|c| c.check());
             }
+        }
+        7 => drop(config::cgroup::parse_cgroup(s).map(|c| c.limits())),
+        8 => {
+            // `--jail IDS --jail-dir DIR`: the text up to the first newline is IDS, the rest DIR.
+            let (ids, dir) = s.split_once('\n').unwrap_or((s, ""));
+            let dir = (!dir.is_empty()).then(|| std::path::Path::new(dir));
+            drop(config::jail::from_flags(Some(ids), dir, None));
         }
         _ => {
             if let Ok(f) = serde_json::from_str::<config::FileConfig>(s) {
